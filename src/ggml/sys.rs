@@ -390,8 +390,7 @@ impl Default for ggml_tensor {
     }
 }
 pub const GGML_TENSOR_SIZE: usize = 336;
-pub type ggml_abort_callback =
-    ::std::option::Option<unsafe extern "C" fn(data: *mut ::std::os::raw::c_void) -> bool>;
+pub type ggml_abort_callback = ::std::option::Option<unsafe extern "C" fn(data: *mut ::std::os::raw::c_void) -> bool>;
 pub type ggml_guid = [u8; 16usize];
 pub type ggml_guid_t = *mut ggml_guid;
 unsafe extern "C" {
@@ -419,10 +418,7 @@ unsafe extern "C" {
     pub fn ggml_cycles_per_ms() -> i64;
 }
 unsafe extern "C" {
-    pub fn ggml_fopen(
-        fname: *const ::std::os::raw::c_char,
-        mode: *const ::std::os::raw::c_char,
-    ) -> *mut FILE;
+    pub fn ggml_fopen(fname: *const ::std::os::raw::c_char, mode: *const ::std::os::raw::c_char) -> *mut FILE;
 }
 unsafe extern "C" {
     pub fn ggml_print_object(obj: *const ggml_object);
@@ -551,11 +547,7 @@ unsafe extern "C" {
     pub fn ggml_tensor_overhead() -> usize;
 }
 unsafe extern "C" {
-    pub fn ggml_validate_row_data(
-        type_: ggml_type,
-        data: *const ::std::os::raw::c_void,
-        nbytes: usize,
-    ) -> bool;
+    pub fn ggml_validate_row_data(type_: ggml_type, data: *const ::std::os::raw::c_void, nbytes: usize) -> bool;
 }
 unsafe extern "C" {
     pub fn ggml_init(params: ggml_init_params) -> *mut ggml_context;
@@ -593,19 +585,10 @@ unsafe extern "C" {
     ) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_new_tensor_1d(
-        ctx: *mut ggml_context,
-        type_: ggml_type,
-        ne0: i64,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_new_tensor_1d(ctx: *mut ggml_context, type_: ggml_type, ne0: i64) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_new_tensor_2d(
-        ctx: *mut ggml_context,
-        type_: ggml_type,
-        ne0: i64,
-        ne1: i64,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_new_tensor_2d(ctx: *mut ggml_context, type_: ggml_type, ne0: i64, ne1: i64) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_new_tensor_3d(
@@ -639,16 +622,10 @@ unsafe extern "C" {
     pub fn ggml_get_first_tensor(ctx: *const ggml_context) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_get_next_tensor(
-        ctx: *const ggml_context,
-        tensor: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_get_next_tensor(ctx: *const ggml_context, tensor: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_get_tensor(
-        ctx: *mut ggml_context,
-        name: *const ::std::os::raw::c_char,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_get_tensor(ctx: *mut ggml_context, name: *const ::std::os::raw::c_char) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_unravel_index(
@@ -676,17 +653,10 @@ unsafe extern "C" {
     pub fn ggml_get_name(tensor: *const ggml_tensor) -> *const ::std::os::raw::c_char;
 }
 unsafe extern "C" {
-    pub fn ggml_set_name(
-        tensor: *mut ggml_tensor,
-        name: *const ::std::os::raw::c_char,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_set_name(tensor: *mut ggml_tensor, name: *const ::std::os::raw::c_char) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_format_name(
-        tensor: *mut ggml_tensor,
-        fmt: *const ::std::os::raw::c_char,
-        ...
-    ) -> *mut ggml_tensor;
+    pub fn ggml_format_name(tensor: *mut ggml_tensor, fmt: *const ::std::os::raw::c_char, ...) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_set_input(tensor: *mut ggml_tensor);
@@ -707,18 +677,10 @@ unsafe extern "C" {
     pub fn ggml_dup_inplace(ctx: *mut ggml_context, a: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_add(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        b: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_add(ctx: *mut ggml_context, a: *mut ggml_tensor, b: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_add_inplace(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        b: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_add_inplace(ctx: *mut ggml_context, a: *mut ggml_tensor, b: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_add_cast(
@@ -737,18 +699,10 @@ unsafe extern "C" {
     ) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_add1(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        b: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_add1(ctx: *mut ggml_context, a: *mut ggml_tensor, b: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_add1_inplace(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        b: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_add1_inplace(ctx: *mut ggml_context, a: *mut ggml_tensor, b: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_acc(
@@ -773,46 +727,22 @@ unsafe extern "C" {
     ) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_sub(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        b: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_sub(ctx: *mut ggml_context, a: *mut ggml_tensor, b: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_sub_inplace(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        b: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_sub_inplace(ctx: *mut ggml_context, a: *mut ggml_tensor, b: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_mul(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        b: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_mul(ctx: *mut ggml_context, a: *mut ggml_tensor, b: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_mul_inplace(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        b: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_mul_inplace(ctx: *mut ggml_context, a: *mut ggml_tensor, b: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_div(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        b: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_div(ctx: *mut ggml_context, a: *mut ggml_tensor, b: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_div_inplace(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        b: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_div_inplace(ctx: *mut ggml_context, a: *mut ggml_tensor, b: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_sqr(ctx: *mut ggml_context, a: *mut ggml_tensor) -> *mut ggml_tensor;
@@ -872,18 +802,10 @@ unsafe extern "C" {
     pub fn ggml_argmax(ctx: *mut ggml_context, a: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_count_equal(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        b: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_count_equal(ctx: *mut ggml_context, a: *mut ggml_tensor, b: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_repeat(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        b: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_repeat(ctx: *mut ggml_context, a: *mut ggml_tensor, b: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_repeat_4d(
@@ -896,11 +818,7 @@ unsafe extern "C" {
     ) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_repeat_back(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        b: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_repeat_back(ctx: *mut ggml_context, a: *mut ggml_tensor, b: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_concat(
@@ -982,8 +900,7 @@ unsafe extern "C" {
     pub fn ggml_gelu_quick(ctx: *mut ggml_context, a: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_gelu_quick_inplace(ctx: *mut ggml_context, a: *mut ggml_tensor)
-        -> *mut ggml_tensor;
+    pub fn ggml_gelu_quick_inplace(ctx: *mut ggml_context, a: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_silu(ctx: *mut ggml_context, a: *mut ggml_tensor) -> *mut ggml_tensor;
@@ -992,11 +909,7 @@ unsafe extern "C" {
     pub fn ggml_silu_inplace(ctx: *mut ggml_context, a: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_silu_back(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        b: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_silu_back(ctx: *mut ggml_context, a: *mut ggml_tensor, b: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_hardswish(ctx: *mut ggml_context, a: *mut ggml_tensor) -> *mut ggml_tensor;
@@ -1046,12 +959,7 @@ unsafe extern "C" {
     ) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_glu(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        op: ggml_glu_op,
-        swapped: bool,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_glu(ctx: *mut ggml_context, a: *mut ggml_tensor, op: ggml_glu_op, swapped: bool) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_reglu(ctx: *mut ggml_context, a: *mut ggml_tensor) -> *mut ggml_tensor;
@@ -1081,10 +989,7 @@ unsafe extern "C" {
     pub fn ggml_geglu_quick(ctx: *mut ggml_context, a: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_geglu_quick_swapped(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_geglu_quick_swapped(ctx: *mut ggml_context, a: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_glu_split(
@@ -1095,39 +1000,20 @@ unsafe extern "C" {
     ) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_reglu_split(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        b: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_reglu_split(ctx: *mut ggml_context, a: *mut ggml_tensor, b: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_geglu_split(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        b: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_geglu_split(ctx: *mut ggml_context, a: *mut ggml_tensor, b: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_swiglu_split(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        b: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_swiglu_split(ctx: *mut ggml_context, a: *mut ggml_tensor, b: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_geglu_erf_split(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        b: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_geglu_erf_split(ctx: *mut ggml_context, a: *mut ggml_tensor, b: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_geglu_quick_split(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        b: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_geglu_quick_split(ctx: *mut ggml_context, a: *mut ggml_tensor, b: *mut ggml_tensor)
+        -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_swiglu_oai(
@@ -1150,22 +1036,13 @@ unsafe extern "C" {
     pub fn ggml_norm(ctx: *mut ggml_context, a: *mut ggml_tensor, eps: f32) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_norm_inplace(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        eps: f32,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_norm_inplace(ctx: *mut ggml_context, a: *mut ggml_tensor, eps: f32) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_rms_norm(ctx: *mut ggml_context, a: *mut ggml_tensor, eps: f32)
-        -> *mut ggml_tensor;
+    pub fn ggml_rms_norm(ctx: *mut ggml_context, a: *mut ggml_tensor, eps: f32) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_rms_norm_inplace(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        eps: f32,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_rms_norm_inplace(ctx: *mut ggml_context, a: *mut ggml_tensor, eps: f32) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_group_norm(
@@ -1187,11 +1064,7 @@ unsafe extern "C" {
     pub fn ggml_l2_norm(ctx: *mut ggml_context, a: *mut ggml_tensor, eps: f32) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_l2_norm_inplace(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        eps: f32,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_l2_norm_inplace(ctx: *mut ggml_context, a: *mut ggml_tensor, eps: f32) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_rms_norm_back(
@@ -1205,18 +1078,10 @@ unsafe extern "C" {
     pub fn ggml_prec_set_acc(a: *mut ggml_tensor, prec: ggml_prec) -> bool;
 }
 unsafe extern "C" {
-    pub fn ggml_prec_set_src(
-        a: *mut ggml_tensor,
-        prec: ggml_prec,
-        idx: ::std::os::raw::c_int,
-    ) -> bool;
+    pub fn ggml_prec_set_src(a: *mut ggml_tensor, prec: ggml_prec, idx: ::std::os::raw::c_int) -> bool;
 }
 unsafe extern "C" {
-    pub fn ggml_mul_mat(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        b: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_mul_mat(ctx: *mut ggml_context, a: *mut ggml_tensor, b: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_mul_mat_set_prec(a: *mut ggml_tensor, prec: ggml_prec);
@@ -1233,37 +1098,19 @@ unsafe extern "C" {
     ) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_out_prod(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        b: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_out_prod(ctx: *mut ggml_context, a: *mut ggml_tensor, b: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_scale(ctx: *mut ggml_context, a: *mut ggml_tensor, s: f32) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_scale_inplace(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        s: f32,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_scale_inplace(ctx: *mut ggml_context, a: *mut ggml_tensor, s: f32) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_scale_bias(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        s: f32,
-        b: f32,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_scale_bias(ctx: *mut ggml_context, a: *mut ggml_tensor, s: f32, b: f32) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_scale_bias_inplace(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        s: f32,
-        b: f32,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_scale_bias_inplace(ctx: *mut ggml_context, a: *mut ggml_tensor, s: f32, b: f32) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_set(
@@ -1322,18 +1169,10 @@ unsafe extern "C" {
     ) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_cpy(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        b: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_cpy(ctx: *mut ggml_context, a: *mut ggml_tensor, b: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_cast(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        type_: ggml_type,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_cast(ctx: *mut ggml_context, a: *mut ggml_tensor, type_: ggml_type) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_cont(ctx: *mut ggml_context, a: *mut ggml_tensor) -> *mut ggml_tensor;
@@ -1342,21 +1181,10 @@ unsafe extern "C" {
     pub fn ggml_cont_1d(ctx: *mut ggml_context, a: *mut ggml_tensor, ne0: i64) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_cont_2d(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        ne0: i64,
-        ne1: i64,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_cont_2d(ctx: *mut ggml_context, a: *mut ggml_tensor, ne0: i64, ne1: i64) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_cont_3d(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        ne0: i64,
-        ne1: i64,
-        ne2: i64,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_cont_3d(ctx: *mut ggml_context, a: *mut ggml_tensor, ne0: i64, ne1: i64, ne2: i64) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_cont_4d(
@@ -1369,26 +1197,13 @@ unsafe extern "C" {
     ) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_reshape(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        b: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_reshape(ctx: *mut ggml_context, a: *mut ggml_tensor, b: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_reshape_1d(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        ne0: i64,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_reshape_1d(ctx: *mut ggml_context, a: *mut ggml_tensor, ne0: i64) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_reshape_2d(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        ne0: i64,
-        ne1: i64,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_reshape_2d(ctx: *mut ggml_context, a: *mut ggml_tensor, ne0: i64, ne1: i64) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_reshape_3d(
@@ -1410,12 +1225,7 @@ unsafe extern "C" {
     ) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_view_1d(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        ne0: i64,
-        offset: usize,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_view_1d(ctx: *mut ggml_context, a: *mut ggml_tensor, ne0: i64, offset: usize) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_view_2d(
@@ -1467,11 +1277,7 @@ unsafe extern "C" {
     pub fn ggml_transpose(ctx: *mut ggml_context, a: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_get_rows(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        b: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_get_rows(ctx: *mut ggml_context, a: *mut ggml_tensor, b: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_get_rows_back(
@@ -1521,20 +1327,10 @@ unsafe extern "C" {
     ) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_clamp(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        min: f32,
-        max: f32,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_clamp(ctx: *mut ggml_context, a: *mut ggml_tensor, min: f32, max: f32) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_clamp_inplace(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        min: f32,
-        max: f32,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_clamp_inplace(ctx: *mut ggml_context, a: *mut ggml_tensor, min: f32, max: f32) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_soft_max(ctx: *mut ggml_context, a: *mut ggml_tensor) -> *mut ggml_tensor;
@@ -1747,10 +1543,7 @@ unsafe extern "C" {
     ) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_rope_set_offset(
-        a: *mut ggml_tensor,
-        n_offs: ::std::os::raw::c_int,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_rope_set_offset(a: *mut ggml_tensor, n_offs: ::std::os::raw::c_int) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_im2col(
@@ -1888,18 +1681,10 @@ unsafe extern "C" {
     ) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_conv_2d_sk_p0(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        b: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_conv_2d_sk_p0(ctx: *mut ggml_context, a: *mut ggml_tensor, b: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_conv_2d_s1_ph(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        b: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_conv_2d_s1_ph(ctx: *mut ggml_context, a: *mut ggml_tensor, b: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_conv_2d_dw(
@@ -2113,21 +1898,13 @@ unsafe extern "C" {
     ) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_tri(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        type_: ggml_tri_type,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_tri(ctx: *mut ggml_context, a: *mut ggml_tensor, type_: ggml_tri_type) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_fill(ctx: *mut ggml_context, a: *mut ggml_tensor, c: f32) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_fill_inplace(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        c: f32,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_fill_inplace(ctx: *mut ggml_context, a: *mut ggml_tensor, c: f32) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_timestep_embedding(
@@ -2141,11 +1918,7 @@ pub const GGML_SORT_ORDER_ASC: ggml_sort_order = 0;
 pub const GGML_SORT_ORDER_DESC: ggml_sort_order = 1;
 pub type ggml_sort_order = ::std::os::raw::c_uint;
 unsafe extern "C" {
-    pub fn ggml_argsort(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        order: ggml_sort_order,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_argsort(ctx: *mut ggml_context, a: *mut ggml_tensor, order: ggml_sort_order) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_argsort_top_k(
@@ -2155,19 +1928,10 @@ unsafe extern "C" {
     ) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_top_k(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        k: ::std::os::raw::c_int,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_top_k(ctx: *mut ggml_context, a: *mut ggml_tensor, k: ::std::os::raw::c_int) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_arange(
-        ctx: *mut ggml_context,
-        start: f32,
-        stop: f32,
-        step: f32,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_arange(ctx: *mut ggml_context, start: f32, stop: f32, step: f32) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_flash_attn_ext(
@@ -2204,11 +1968,7 @@ unsafe extern "C" {
     ) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_ssm_conv(
-        ctx: *mut ggml_context,
-        sx: *mut ggml_tensor,
-        c: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_ssm_conv(ctx: *mut ggml_context, sx: *mut ggml_tensor, c: *mut ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_ssm_scan(
@@ -2224,11 +1984,7 @@ unsafe extern "C" {
     ) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_win_part(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        w: ::std::os::raw::c_int,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_win_part(ctx: *mut ggml_context, a: *mut ggml_tensor, w: ::std::os::raw::c_int) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_win_unpart(
@@ -2240,18 +1996,10 @@ unsafe extern "C" {
     ) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_unary(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        op: ggml_unary_op,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_unary(ctx: *mut ggml_context, a: *mut ggml_tensor, op: ggml_unary_op) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_unary_inplace(
-        ctx: *mut ggml_context,
-        a: *mut ggml_tensor,
-        op: ggml_unary_op,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_unary_inplace(ctx: *mut ggml_context, a: *mut ggml_tensor, op: ggml_unary_op) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_get_rel_pos(
@@ -2353,11 +2101,8 @@ unsafe extern "C" {
     ) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_dsv4_hc_pre(
-        ctx: *mut ggml_context,
-        x: *mut ggml_tensor,
-        weights: *mut ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_dsv4_hc_pre(ctx: *mut ggml_context, x: *mut ggml_tensor, weights: *mut ggml_tensor)
+        -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_dsv4_hc_pre_gated(
@@ -2558,18 +2303,10 @@ unsafe extern "C" {
     pub fn ggml_new_graph(ctx: *mut ggml_context) -> *mut ggml_cgraph;
 }
 unsafe extern "C" {
-    pub fn ggml_new_graph_custom(
-        ctx: *mut ggml_context,
-        size: usize,
-        grads: bool,
-    ) -> *mut ggml_cgraph;
+    pub fn ggml_new_graph_custom(ctx: *mut ggml_context, size: usize, grads: bool) -> *mut ggml_cgraph;
 }
 unsafe extern "C" {
-    pub fn ggml_graph_dup(
-        ctx: *mut ggml_context,
-        cgraph: *mut ggml_cgraph,
-        force_grads: bool,
-    ) -> *mut ggml_cgraph;
+    pub fn ggml_graph_dup(ctx: *mut ggml_context, cgraph: *mut ggml_cgraph, force_grads: bool) -> *mut ggml_cgraph;
 }
 unsafe extern "C" {
     pub fn ggml_graph_cpy(src: *mut ggml_cgraph, dst: *mut ggml_cgraph);
@@ -2602,22 +2339,13 @@ unsafe extern "C" {
     pub fn ggml_graph_overhead_custom(size: usize, grads: bool) -> usize;
 }
 unsafe extern "C" {
-    pub fn ggml_graph_get_tensor(
-        cgraph: *const ggml_cgraph,
-        name: *const ::std::os::raw::c_char,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_graph_get_tensor(cgraph: *const ggml_cgraph, name: *const ::std::os::raw::c_char) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_graph_get_grad(
-        cgraph: *const ggml_cgraph,
-        node: *const ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_graph_get_grad(cgraph: *const ggml_cgraph, node: *const ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
-    pub fn ggml_graph_get_grad_acc(
-        cgraph: *const ggml_cgraph,
-        node: *const ggml_tensor,
-    ) -> *mut ggml_tensor;
+    pub fn ggml_graph_get_grad_acc(cgraph: *const ggml_cgraph, node: *const ggml_tensor) -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_graph_print(cgraph: *const ggml_cgraph);
@@ -2637,10 +2365,7 @@ pub type ggml_log_callback = ::std::option::Option<
     ),
 >;
 unsafe extern "C" {
-    pub fn ggml_log_get(
-        log_callback: *mut ggml_log_callback,
-        user_data: *mut *mut ::std::os::raw::c_void,
-    );
+    pub fn ggml_log_get(log_callback: *mut ggml_log_callback, user_data: *mut *mut ::std::os::raw::c_void);
 }
 unsafe extern "C" {
     pub fn ggml_log_set(log_callback: ggml_log_callback, user_data: *mut ::std::os::raw::c_void);
@@ -2668,12 +2393,10 @@ unsafe extern "C" {
         imatrix: *const f32,
     ) -> usize;
 }
-pub type ggml_to_float_t = ::std::option::Option<
-    unsafe extern "C" fn(x: *const ::std::os::raw::c_void, y: *mut f32, k: i64),
->;
-pub type ggml_from_float_t = ::std::option::Option<
-    unsafe extern "C" fn(x: *const f32, y: *mut ::std::os::raw::c_void, k: i64),
->;
+pub type ggml_to_float_t =
+    ::std::option::Option<unsafe extern "C" fn(x: *const ::std::os::raw::c_void, y: *mut f32, k: i64)>;
+pub type ggml_from_float_t =
+    ::std::option::Option<unsafe extern "C" fn(x: *const f32, y: *mut ::std::os::raw::c_void, k: i64)>;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct ggml_type_traits {
@@ -2729,21 +2452,13 @@ pub struct ggml_threadpool {
 }
 pub type ggml_threadpool_t = *mut ggml_threadpool;
 unsafe extern "C" {
-    pub fn ggml_threadpool_params_default(
-        n_threads: ::std::os::raw::c_int,
-    ) -> ggml_threadpool_params;
+    pub fn ggml_threadpool_params_default(n_threads: ::std::os::raw::c_int) -> ggml_threadpool_params;
 }
 unsafe extern "C" {
-    pub fn ggml_threadpool_params_init(
-        p: *mut ggml_threadpool_params,
-        n_threads: ::std::os::raw::c_int,
-    );
+    pub fn ggml_threadpool_params_init(p: *mut ggml_threadpool_params, n_threads: ::std::os::raw::c_int);
 }
 unsafe extern "C" {
-    pub fn ggml_threadpool_params_match(
-        p0: *const ggml_threadpool_params,
-        p1: *const ggml_threadpool_params,
-    ) -> bool;
+    pub fn ggml_threadpool_params_match(p0: *const ggml_threadpool_params, p1: *const ggml_threadpool_params) -> bool;
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -2791,10 +2506,7 @@ unsafe extern "C" {
     pub fn ggml_gallocr_new(buft: ggml_backend_buffer_type_t) -> ggml_gallocr_t;
 }
 unsafe extern "C" {
-    pub fn ggml_gallocr_new_n(
-        bufts: *mut ggml_backend_buffer_type_t,
-        n_bufs: ::std::os::raw::c_int,
-    ) -> ggml_gallocr_t;
+    pub fn ggml_gallocr_new_n(bufts: *mut ggml_backend_buffer_type_t, n_bufs: ::std::os::raw::c_int) -> ggml_gallocr_t;
 }
 unsafe extern "C" {
     pub fn ggml_gallocr_free(galloc: ggml_gallocr_t);
@@ -2823,10 +2535,7 @@ unsafe extern "C" {
     pub fn ggml_gallocr_alloc_graph(galloc: ggml_gallocr_t, graph: *mut ggml_cgraph) -> bool;
 }
 unsafe extern "C" {
-    pub fn ggml_gallocr_get_buffer_size(
-        galloc: ggml_gallocr_t,
-        buffer_id: ::std::os::raw::c_int,
-    ) -> usize;
+    pub fn ggml_gallocr_get_buffer_size(galloc: ggml_gallocr_t, buffer_id: ::std::os::raw::c_int) -> usize;
 }
 unsafe extern "C" {
     pub fn ggml_backend_alloc_ctx_tensors_from_buft_size(
@@ -2841,10 +2550,7 @@ unsafe extern "C" {
     ) -> *mut ggml_backend_buffer;
 }
 unsafe extern "C" {
-    pub fn ggml_backend_alloc_ctx_tensors(
-        ctx: *mut ggml_context,
-        backend: ggml_backend_t,
-    ) -> *mut ggml_backend_buffer;
+    pub fn ggml_backend_alloc_ctx_tensors(ctx: *mut ggml_context, backend: ggml_backend_t) -> *mut ggml_backend_buffer;
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -2866,15 +2572,10 @@ pub struct ggml_backend_device {
 }
 pub type ggml_backend_dev_t = *mut ggml_backend_device;
 unsafe extern "C" {
-    pub fn ggml_backend_buft_name(
-        buft: ggml_backend_buffer_type_t,
-    ) -> *const ::std::os::raw::c_char;
+    pub fn ggml_backend_buft_name(buft: ggml_backend_buffer_type_t) -> *const ::std::os::raw::c_char;
 }
 unsafe extern "C" {
-    pub fn ggml_backend_buft_alloc_buffer(
-        buft: ggml_backend_buffer_type_t,
-        size: usize,
-    ) -> ggml_backend_buffer_t;
+    pub fn ggml_backend_buft_alloc_buffer(buft: ggml_backend_buffer_type_t, size: usize) -> ggml_backend_buffer_t;
 }
 unsafe extern "C" {
     pub fn ggml_backend_buft_get_alignment(buft: ggml_backend_buffer_type_t) -> usize;
@@ -2883,10 +2584,7 @@ unsafe extern "C" {
     pub fn ggml_backend_buft_get_max_size(buft: ggml_backend_buffer_type_t) -> usize;
 }
 unsafe extern "C" {
-    pub fn ggml_backend_buft_get_alloc_size(
-        buft: ggml_backend_buffer_type_t,
-        tensor: *const ggml_tensor,
-    ) -> usize;
+    pub fn ggml_backend_buft_get_alloc_size(buft: ggml_backend_buffer_type_t, tensor: *const ggml_tensor) -> usize;
 }
 unsafe extern "C" {
     pub fn ggml_backend_buft_is_host(buft: ggml_backend_buffer_type_t) -> bool;
@@ -2899,25 +2597,19 @@ pub const GGML_BACKEND_BUFFER_USAGE_WEIGHTS: ggml_backend_buffer_usage = 1;
 pub const GGML_BACKEND_BUFFER_USAGE_COMPUTE: ggml_backend_buffer_usage = 2;
 pub type ggml_backend_buffer_usage = ::std::os::raw::c_uint;
 unsafe extern "C" {
-    pub fn ggml_backend_buffer_name(buffer: ggml_backend_buffer_t)
-        -> *const ::std::os::raw::c_char;
+    pub fn ggml_backend_buffer_name(buffer: ggml_backend_buffer_t) -> *const ::std::os::raw::c_char;
 }
 unsafe extern "C" {
     pub fn ggml_backend_buffer_free(buffer: ggml_backend_buffer_t);
 }
 unsafe extern "C" {
-    pub fn ggml_backend_buffer_get_base(
-        buffer: ggml_backend_buffer_t,
-    ) -> *mut ::std::os::raw::c_void;
+    pub fn ggml_backend_buffer_get_base(buffer: ggml_backend_buffer_t) -> *mut ::std::os::raw::c_void;
 }
 unsafe extern "C" {
     pub fn ggml_backend_buffer_get_size(buffer: ggml_backend_buffer_t) -> usize;
 }
 unsafe extern "C" {
-    pub fn ggml_backend_buffer_init_tensor(
-        buffer: ggml_backend_buffer_t,
-        tensor: *mut ggml_tensor,
-    ) -> ggml_status;
+    pub fn ggml_backend_buffer_init_tensor(buffer: ggml_backend_buffer_t, tensor: *mut ggml_tensor) -> ggml_status;
 }
 unsafe extern "C" {
     pub fn ggml_backend_buffer_get_alignment(buffer: ggml_backend_buffer_t) -> usize;
@@ -2926,10 +2618,7 @@ unsafe extern "C" {
     pub fn ggml_backend_buffer_get_max_size(buffer: ggml_backend_buffer_t) -> usize;
 }
 unsafe extern "C" {
-    pub fn ggml_backend_buffer_get_alloc_size(
-        buffer: ggml_backend_buffer_t,
-        tensor: *const ggml_tensor,
-    ) -> usize;
+    pub fn ggml_backend_buffer_get_alloc_size(buffer: ggml_backend_buffer_t, tensor: *const ggml_tensor) -> usize;
 }
 unsafe extern "C" {
     pub fn ggml_backend_buffer_clear(buffer: ggml_backend_buffer_t, value: u8);
@@ -2938,20 +2627,13 @@ unsafe extern "C" {
     pub fn ggml_backend_buffer_is_host(buffer: ggml_backend_buffer_t) -> bool;
 }
 unsafe extern "C" {
-    pub fn ggml_backend_buffer_set_usage(
-        buffer: ggml_backend_buffer_t,
-        usage: ggml_backend_buffer_usage,
-    );
+    pub fn ggml_backend_buffer_set_usage(buffer: ggml_backend_buffer_t, usage: ggml_backend_buffer_usage);
 }
 unsafe extern "C" {
-    pub fn ggml_backend_buffer_get_usage(
-        buffer: ggml_backend_buffer_t,
-    ) -> ggml_backend_buffer_usage;
+    pub fn ggml_backend_buffer_get_usage(buffer: ggml_backend_buffer_t) -> ggml_backend_buffer_usage;
 }
 unsafe extern "C" {
-    pub fn ggml_backend_buffer_get_type(
-        buffer: ggml_backend_buffer_t,
-    ) -> ggml_backend_buffer_type_t;
+    pub fn ggml_backend_buffer_get_type(buffer: ggml_backend_buffer_t) -> ggml_backend_buffer_type_t;
 }
 unsafe extern "C" {
     pub fn ggml_backend_buffer_reset(buffer: ggml_backend_buffer_t);
@@ -2969,13 +2651,10 @@ unsafe extern "C" {
     pub fn ggml_backend_free(backend: ggml_backend_t);
 }
 unsafe extern "C" {
-    pub fn ggml_backend_get_default_buffer_type(
-        backend: ggml_backend_t,
-    ) -> ggml_backend_buffer_type_t;
+    pub fn ggml_backend_get_default_buffer_type(backend: ggml_backend_t) -> ggml_backend_buffer_type_t;
 }
 unsafe extern "C" {
-    pub fn ggml_backend_alloc_buffer(backend: ggml_backend_t, size: usize)
-        -> ggml_backend_buffer_t;
+    pub fn ggml_backend_alloc_buffer(backend: ggml_backend_t, size: usize) -> ggml_backend_buffer_t;
 }
 unsafe extern "C" {
     pub fn ggml_backend_get_alignment(backend: ggml_backend_t) -> usize;
@@ -3064,12 +2743,7 @@ unsafe extern "C" {
     );
 }
 unsafe extern "C" {
-    pub fn ggml_backend_tensor_memset(
-        tensor: *mut ggml_tensor,
-        value: u8,
-        offset: usize,
-        size: usize,
-    );
+    pub fn ggml_backend_tensor_memset(tensor: *mut ggml_tensor, value: u8, offset: usize, size: usize);
 }
 unsafe extern "C" {
     pub fn ggml_backend_synchronize(backend: ggml_backend_t);
@@ -3084,31 +2758,19 @@ unsafe extern "C" {
     pub fn ggml_backend_graph_plan_free(backend: ggml_backend_t, plan: ggml_backend_graph_plan_t);
 }
 unsafe extern "C" {
-    pub fn ggml_backend_graph_plan_compute(
-        backend: ggml_backend_t,
-        plan: ggml_backend_graph_plan_t,
-    ) -> ggml_status;
+    pub fn ggml_backend_graph_plan_compute(backend: ggml_backend_t, plan: ggml_backend_graph_plan_t) -> ggml_status;
 }
 unsafe extern "C" {
-    pub fn ggml_backend_graph_compute(
-        backend: ggml_backend_t,
-        cgraph: *mut ggml_cgraph,
-    ) -> ggml_status;
+    pub fn ggml_backend_graph_compute(backend: ggml_backend_t, cgraph: *mut ggml_cgraph) -> ggml_status;
 }
 unsafe extern "C" {
-    pub fn ggml_backend_graph_compute_async(
-        backend: ggml_backend_t,
-        cgraph: *mut ggml_cgraph,
-    ) -> ggml_status;
+    pub fn ggml_backend_graph_compute_async(backend: ggml_backend_t, cgraph: *mut ggml_cgraph) -> ggml_status;
 }
 unsafe extern "C" {
     pub fn ggml_backend_supports_op(backend: ggml_backend_t, op: *const ggml_tensor) -> bool;
 }
 unsafe extern "C" {
-    pub fn ggml_backend_supports_buft(
-        backend: ggml_backend_t,
-        buft: ggml_backend_buffer_type_t,
-    ) -> bool;
+    pub fn ggml_backend_supports_buft(backend: ggml_backend_t, buft: ggml_backend_buffer_type_t) -> bool;
 }
 unsafe extern "C" {
     pub fn ggml_backend_offload_op(backend: ggml_backend_t, op: *const ggml_tensor) -> bool;
@@ -3178,9 +2840,7 @@ unsafe extern "C" {
     pub fn ggml_backend_dev_name(device: ggml_backend_dev_t) -> *const ::std::os::raw::c_char;
 }
 unsafe extern "C" {
-    pub fn ggml_backend_dev_description(
-        device: ggml_backend_dev_t,
-    ) -> *const ::std::os::raw::c_char;
+    pub fn ggml_backend_dev_description(device: ggml_backend_dev_t) -> *const ::std::os::raw::c_char;
 }
 unsafe extern "C" {
     pub fn ggml_backend_dev_memory(device: ggml_backend_dev_t, free: *mut usize, total: *mut usize);
@@ -3189,27 +2849,19 @@ unsafe extern "C" {
     pub fn ggml_backend_dev_type(device: ggml_backend_dev_t) -> ggml_backend_dev_type;
 }
 unsafe extern "C" {
-    pub fn ggml_backend_dev_get_props(
-        device: ggml_backend_dev_t,
-        props: *mut ggml_backend_dev_props,
-    );
+    pub fn ggml_backend_dev_get_props(device: ggml_backend_dev_t, props: *mut ggml_backend_dev_props);
 }
 unsafe extern "C" {
     pub fn ggml_backend_dev_backend_reg(device: ggml_backend_dev_t) -> ggml_backend_reg_t;
 }
 unsafe extern "C" {
-    pub fn ggml_backend_dev_init(
-        device: ggml_backend_dev_t,
-        params: *const ::std::os::raw::c_char,
-    ) -> ggml_backend_t;
+    pub fn ggml_backend_dev_init(device: ggml_backend_dev_t, params: *const ::std::os::raw::c_char) -> ggml_backend_t;
 }
 unsafe extern "C" {
     pub fn ggml_backend_dev_buffer_type(device: ggml_backend_dev_t) -> ggml_backend_buffer_type_t;
 }
 unsafe extern "C" {
-    pub fn ggml_backend_dev_host_buffer_type(
-        device: ggml_backend_dev_t,
-    ) -> ggml_backend_buffer_type_t;
+    pub fn ggml_backend_dev_host_buffer_type(device: ggml_backend_dev_t) -> ggml_backend_buffer_type_t;
 }
 unsafe extern "C" {
     pub fn ggml_backend_dev_buffer_from_host_ptr(
@@ -3220,14 +2872,10 @@ unsafe extern "C" {
     ) -> ggml_backend_buffer_t;
 }
 unsafe extern "C" {
-    pub fn ggml_backend_dev_supports_op(device: ggml_backend_dev_t, op: *const ggml_tensor)
-        -> bool;
+    pub fn ggml_backend_dev_supports_op(device: ggml_backend_dev_t, op: *const ggml_tensor) -> bool;
 }
 unsafe extern "C" {
-    pub fn ggml_backend_dev_supports_buft(
-        device: ggml_backend_dev_t,
-        buft: ggml_backend_buffer_type_t,
-    ) -> bool;
+    pub fn ggml_backend_dev_supports_buft(device: ggml_backend_dev_t, buft: ggml_backend_buffer_type_t) -> bool;
 }
 unsafe extern "C" {
     pub fn ggml_backend_dev_offload_op(device: ggml_backend_dev_t, op: *const ggml_tensor) -> bool;
@@ -3248,31 +2896,19 @@ unsafe extern "C" {
     ) -> *mut ::std::os::raw::c_void;
 }
 pub type ggml_backend_comm_init_t = ::std::option::Option<
-    unsafe extern "C" fn(
-        backends: *mut ggml_backend_t,
-        n_backends: usize,
-    ) -> *mut ::std::os::raw::c_void,
+    unsafe extern "C" fn(backends: *mut ggml_backend_t, n_backends: usize) -> *mut ::std::os::raw::c_void,
 >;
-pub type ggml_backend_comm_free_t =
-    ::std::option::Option<unsafe extern "C" fn(comm_ctx: *mut ::std::os::raw::c_void)>;
+pub type ggml_backend_comm_free_t = ::std::option::Option<unsafe extern "C" fn(comm_ctx: *mut ::std::os::raw::c_void)>;
 pub type ggml_backend_comm_allreduce_tensor_t = ::std::option::Option<
-    unsafe extern "C" fn(
-        comm_ctx: *mut ::std::os::raw::c_void,
-        tensors: *mut *mut ggml_tensor,
-    ) -> bool,
+    unsafe extern "C" fn(comm_ctx: *mut ::std::os::raw::c_void, tensors: *mut *mut ggml_tensor) -> bool,
 >;
 pub type ggml_backend_split_buffer_type_t = ::std::option::Option<
-    unsafe extern "C" fn(
-        main_device: ::std::os::raw::c_int,
-        tensor_split: *const f32,
-    ) -> ggml_backend_buffer_type_t,
+    unsafe extern "C" fn(main_device: ::std::os::raw::c_int, tensor_split: *const f32) -> ggml_backend_buffer_type_t,
 >;
-pub type ggml_backend_set_n_threads_t = ::std::option::Option<
-    unsafe extern "C" fn(backend: ggml_backend_t, n_threads: ::std::os::raw::c_int),
->;
-pub type ggml_backend_dev_get_extra_bufts_t = ::std::option::Option<
-    unsafe extern "C" fn(device: ggml_backend_dev_t) -> *mut ggml_backend_buffer_type_t,
->;
+pub type ggml_backend_set_n_threads_t =
+    ::std::option::Option<unsafe extern "C" fn(backend: ggml_backend_t, n_threads: ::std::os::raw::c_int)>;
+pub type ggml_backend_dev_get_extra_bufts_t =
+    ::std::option::Option<unsafe extern "C" fn(device: ggml_backend_dev_t) -> *mut ggml_backend_buffer_type_t>;
 pub type ggml_backend_set_abort_callback_t = ::std::option::Option<
     unsafe extern "C" fn(
         backend: ggml_backend_t,
@@ -3295,9 +2931,8 @@ impl Default for ggml_backend_feature {
         }
     }
 }
-pub type ggml_backend_get_features_t = ::std::option::Option<
-    unsafe extern "C" fn(reg: ggml_backend_reg_t) -> *mut ggml_backend_feature,
->;
+pub type ggml_backend_get_features_t =
+    ::std::option::Option<unsafe extern "C" fn(reg: ggml_backend_reg_t) -> *mut ggml_backend_feature>;
 unsafe extern "C" {
     pub fn ggml_backend_register(reg: ggml_backend_reg_t);
 }
@@ -3359,11 +2994,7 @@ pub struct ggml_backend_sched {
 }
 pub type ggml_backend_sched_t = *mut ggml_backend_sched;
 pub type ggml_backend_sched_eval_callback = ::std::option::Option<
-    unsafe extern "C" fn(
-        t: *mut ggml_tensor,
-        ask: bool,
-        user_data: *mut ::std::os::raw::c_void,
-    ) -> bool,
+    unsafe extern "C" fn(t: *mut ggml_tensor, ask: bool, user_data: *mut ::std::os::raw::c_void) -> bool,
 >;
 unsafe extern "C" {
     pub fn ggml_backend_sched_new(
@@ -3386,19 +3017,13 @@ unsafe extern "C" {
     );
 }
 unsafe extern "C" {
-    pub fn ggml_backend_sched_reserve(
-        sched: ggml_backend_sched_t,
-        measure_graph: *mut ggml_cgraph,
-    ) -> bool;
+    pub fn ggml_backend_sched_reserve(sched: ggml_backend_sched_t, measure_graph: *mut ggml_cgraph) -> bool;
 }
 unsafe extern "C" {
     pub fn ggml_backend_sched_get_n_backends(sched: ggml_backend_sched_t) -> ::std::os::raw::c_int;
 }
 unsafe extern "C" {
-    pub fn ggml_backend_sched_get_backend(
-        sched: ggml_backend_sched_t,
-        i: ::std::os::raw::c_int,
-    ) -> ggml_backend_t;
+    pub fn ggml_backend_sched_get_backend(sched: ggml_backend_sched_t, i: ::std::os::raw::c_int) -> ggml_backend_t;
 }
 unsafe extern "C" {
     pub fn ggml_backend_sched_get_n_splits(sched: ggml_backend_sched_t) -> ::std::os::raw::c_int;
@@ -3413,10 +3038,7 @@ unsafe extern "C" {
     ) -> ggml_backend_buffer_type_t;
 }
 unsafe extern "C" {
-    pub fn ggml_backend_sched_get_buffer_size(
-        sched: ggml_backend_sched_t,
-        backend: ggml_backend_t,
-    ) -> usize;
+    pub fn ggml_backend_sched_get_buffer_size(sched: ggml_backend_sched_t, backend: ggml_backend_t) -> usize;
 }
 unsafe extern "C" {
     pub fn ggml_backend_sched_set_tensor_backend(
@@ -3426,31 +3048,20 @@ unsafe extern "C" {
     );
 }
 unsafe extern "C" {
-    pub fn ggml_backend_sched_get_tensor_backend(
-        sched: ggml_backend_sched_t,
-        node: *mut ggml_tensor,
-    ) -> ggml_backend_t;
+    pub fn ggml_backend_sched_get_tensor_backend(sched: ggml_backend_sched_t, node: *mut ggml_tensor)
+        -> ggml_backend_t;
 }
 unsafe extern "C" {
     pub fn ggml_backend_sched_split_graph(sched: ggml_backend_sched_t, graph: *mut ggml_cgraph);
 }
 unsafe extern "C" {
-    pub fn ggml_backend_sched_alloc_graph(
-        sched: ggml_backend_sched_t,
-        graph: *mut ggml_cgraph,
-    ) -> bool;
+    pub fn ggml_backend_sched_alloc_graph(sched: ggml_backend_sched_t, graph: *mut ggml_cgraph) -> bool;
 }
 unsafe extern "C" {
-    pub fn ggml_backend_sched_graph_compute(
-        sched: ggml_backend_sched_t,
-        graph: *mut ggml_cgraph,
-    ) -> ggml_status;
+    pub fn ggml_backend_sched_graph_compute(sched: ggml_backend_sched_t, graph: *mut ggml_cgraph) -> ggml_status;
 }
 unsafe extern "C" {
-    pub fn ggml_backend_sched_graph_compute_async(
-        sched: ggml_backend_sched_t,
-        graph: *mut ggml_cgraph,
-    ) -> ggml_status;
+    pub fn ggml_backend_sched_graph_compute_async(sched: ggml_backend_sched_t, graph: *mut ggml_cgraph) -> ggml_status;
 }
 unsafe extern "C" {
     pub fn ggml_backend_sched_synchronize(sched: ggml_backend_sched_t);
@@ -3475,9 +3086,8 @@ pub const GGML_BACKEND_SPLIT_AXIS_NONE: ggml_backend_meta_split_axis = 98;
 pub const GGML_BACKEND_SPLIT_AXIS_UNKNOWN: ggml_backend_meta_split_axis = 99;
 pub type ggml_backend_meta_split_axis = ::std::os::raw::c_uint;
 unsafe extern "C" {
-    pub fn ggml_backend_meta_split_axis_name(
-        split_axis: ggml_backend_meta_split_axis,
-    ) -> *const ::std::os::raw::c_char;
+    pub fn ggml_backend_meta_split_axis_name(split_axis: ggml_backend_meta_split_axis)
+        -> *const ::std::os::raw::c_char;
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -3528,10 +3138,7 @@ impl Default for ggml_backend_graph_copy {
     }
 }
 unsafe extern "C" {
-    pub fn ggml_backend_graph_copy(
-        backend: ggml_backend_t,
-        graph: *mut ggml_cgraph,
-    ) -> ggml_backend_graph_copy;
+    pub fn ggml_backend_graph_copy(backend: ggml_backend_t, graph: *mut ggml_cgraph) -> ggml_backend_graph_copy;
 }
 unsafe extern "C" {
     pub fn ggml_backend_graph_copy_free(copy: ggml_backend_graph_copy);
@@ -3566,10 +3173,7 @@ unsafe extern "C" {
     pub fn ggml_backend_view_init(tensor: *mut ggml_tensor) -> ggml_status;
 }
 unsafe extern "C" {
-    pub fn ggml_backend_cpu_buffer_from_ptr(
-        ptr: *mut ::std::os::raw::c_void,
-        size: usize,
-    ) -> ggml_backend_buffer_t;
+    pub fn ggml_backend_cpu_buffer_from_ptr(ptr: *mut ::std::os::raw::c_void, size: usize) -> ggml_backend_buffer_t;
 }
 unsafe extern "C" {
     pub fn ggml_backend_cpu_buffer_type() -> ggml_backend_buffer_type_t;
@@ -3676,8 +3280,7 @@ unsafe extern "C" {
     pub fn ggml_threadpool_free(threadpool: *mut ggml_threadpool);
 }
 unsafe extern "C" {
-    pub fn ggml_threadpool_get_n_threads(threadpool: *mut ggml_threadpool)
-        -> ::std::os::raw::c_int;
+    pub fn ggml_threadpool_get_n_threads(threadpool: *mut ggml_threadpool) -> ::std::os::raw::c_int;
 }
 unsafe extern "C" {
     pub fn ggml_threadpool_pause(threadpool: *mut ggml_threadpool);
@@ -3828,16 +3431,10 @@ unsafe extern "C" {
     pub fn ggml_backend_is_cpu(backend: ggml_backend_t) -> bool;
 }
 unsafe extern "C" {
-    pub fn ggml_backend_cpu_set_n_threads(
-        backend_cpu: ggml_backend_t,
-        n_threads: ::std::os::raw::c_int,
-    );
+    pub fn ggml_backend_cpu_set_n_threads(backend_cpu: ggml_backend_t, n_threads: ::std::os::raw::c_int);
 }
 unsafe extern "C" {
-    pub fn ggml_backend_cpu_set_threadpool(
-        backend_cpu: ggml_backend_t,
-        threadpool: ggml_threadpool_t,
-    );
+    pub fn ggml_backend_cpu_set_threadpool(backend_cpu: ggml_backend_t, threadpool: ggml_threadpool_t);
 }
 unsafe extern "C" {
     pub fn ggml_backend_cpu_set_abort_callback(
@@ -3920,10 +3517,7 @@ unsafe extern "C" {
     pub fn gguf_init_from_file_ptr(file: *mut FILE, params: gguf_init_params) -> *mut gguf_context;
 }
 unsafe extern "C" {
-    pub fn gguf_init_from_file(
-        fname: *const ::std::os::raw::c_char,
-        params: gguf_init_params,
-    ) -> *mut gguf_context;
+    pub fn gguf_init_from_file(fname: *const ::std::os::raw::c_char, params: gguf_init_params) -> *mut gguf_context;
 }
 unsafe extern "C" {
     pub fn gguf_init_from_buffer(
@@ -4005,30 +3599,19 @@ unsafe extern "C" {
     pub fn gguf_get_val_bool(ctx: *const gguf_context, key_id: i64) -> bool;
 }
 unsafe extern "C" {
-    pub fn gguf_get_val_str(ctx: *const gguf_context, key_id: i64)
-        -> *const ::std::os::raw::c_char;
+    pub fn gguf_get_val_str(ctx: *const gguf_context, key_id: i64) -> *const ::std::os::raw::c_char;
 }
 unsafe extern "C" {
-    pub fn gguf_get_val_data(
-        ctx: *const gguf_context,
-        key_id: i64,
-    ) -> *const ::std::os::raw::c_void;
+    pub fn gguf_get_val_data(ctx: *const gguf_context, key_id: i64) -> *const ::std::os::raw::c_void;
 }
 unsafe extern "C" {
     pub fn gguf_get_arr_n(ctx: *const gguf_context, key_id: i64) -> usize;
 }
 unsafe extern "C" {
-    pub fn gguf_get_arr_data(
-        ctx: *const gguf_context,
-        key_id: i64,
-    ) -> *const ::std::os::raw::c_void;
+    pub fn gguf_get_arr_data(ctx: *const gguf_context, key_id: i64) -> *const ::std::os::raw::c_void;
 }
 unsafe extern "C" {
-    pub fn gguf_get_arr_str(
-        ctx: *const gguf_context,
-        key_id: i64,
-        i: usize,
-    ) -> *const ::std::os::raw::c_char;
+    pub fn gguf_get_arr_str(ctx: *const gguf_context, key_id: i64, i: usize) -> *const ::std::os::raw::c_char;
 }
 unsafe extern "C" {
     pub fn gguf_get_n_tensors(ctx: *const gguf_context) -> i64;
@@ -4040,10 +3623,7 @@ unsafe extern "C" {
     pub fn gguf_get_tensor_offset(ctx: *const gguf_context, tensor_id: i64) -> usize;
 }
 unsafe extern "C" {
-    pub fn gguf_get_tensor_name(
-        ctx: *const gguf_context,
-        tensor_id: i64,
-    ) -> *const ::std::os::raw::c_char;
+    pub fn gguf_get_tensor_name(ctx: *const gguf_context, tensor_id: i64) -> *const ::std::os::raw::c_char;
 }
 unsafe extern "C" {
     pub fn gguf_get_tensor_ne(ctx: *const gguf_context, tensor_id: i64) -> *const i64;
@@ -4121,11 +3701,7 @@ unsafe extern "C" {
     pub fn gguf_add_tensor(ctx: *mut gguf_context, tensor: *const ggml_tensor);
 }
 unsafe extern "C" {
-    pub fn gguf_set_tensor_type(
-        ctx: *mut gguf_context,
-        name: *const ::std::os::raw::c_char,
-        type_: ggml_type,
-    );
+    pub fn gguf_set_tensor_type(ctx: *mut gguf_context, name: *const ::std::os::raw::c_char, type_: ggml_type);
 }
 unsafe extern "C" {
     pub fn gguf_set_tensor_data(
@@ -4135,18 +3711,10 @@ unsafe extern "C" {
     );
 }
 unsafe extern "C" {
-    pub fn gguf_write_to_file_ptr(
-        ctx: *const gguf_context,
-        file: *mut FILE,
-        only_meta: bool,
-    ) -> bool;
+    pub fn gguf_write_to_file_ptr(ctx: *const gguf_context, file: *mut FILE, only_meta: bool) -> bool;
 }
 unsafe extern "C" {
-    pub fn gguf_write_to_file(
-        ctx: *const gguf_context,
-        fname: *const ::std::os::raw::c_char,
-        only_meta: bool,
-    ) -> bool;
+    pub fn gguf_write_to_file(ctx: *const gguf_context, fname: *const ::std::os::raw::c_char, only_meta: bool) -> bool;
 }
 unsafe extern "C" {
     pub fn gguf_get_meta_size(ctx: *const gguf_context) -> usize;
