@@ -1,4 +1,7 @@
 //! smallthinker: inference engine and toolchain for SmallThinker models on a vendored ggml.
+//!
+//! Shapes in comments are in ggml order (innermost, fastest-varying dimension first), the reverse of PyTorch's.
 #![deny(unsafe_code)]
 
 pub mod ggml;
+pub mod gguf;
