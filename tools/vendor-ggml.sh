@@ -74,3 +74,22 @@ ggml_version=$(sed -n 's/^set(GGML_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\))/\
     for f in $FILES; do echo "- $f"; done
 } > "$dst/VENDORED.md"
 echo "vendored $(echo $FILES | wc -w) files into $dst (ggml $ggml_version)"
+
+# The Qwen2 vocabulary (SmallThinker's tokenizer) and llama.cpp's tokenizer test vectors for it, from the same
+# package: the synthetic checkpoints use it, and the tokenizer tests reproduce the vectors.
+vocab="$top/vendor/qwen2-vocab"
+rm -rf "$vocab"
+mkdir -p "$vocab"
+for f in ggml-vocab-qwen2.gguf ggml-vocab-qwen2.gguf.inp ggml-vocab-qwen2.gguf.out; do
+    cp "$src/models/$f" "$vocab/$f"
+done
+cp "$src/LICENSE" "$vocab/LICENSE"
+{
+    echo "# Vendored Qwen2 vocabulary"
+    echo
+    echo "From the PyPI sdist \`llama-cpp-python==$VERSION\`, folder \`vendor/llama.cpp/models/\` (MIT, LICENSE):"
+    echo "\`ggml-vocab-qwen2.gguf\` (a vocab-only GGUF: 151,936 tokens, merges, ChatML template) and llama.cpp's"
+    echo "tokenizer test vectors for it (\`.inp\`: inputs separated by \`\\n__ggml_vocab_test__\\n\`; \`.out\`: token ids)."
+    echo "Recreated by \`tools/vendor-ggml.sh\`; never edited."
+} > "$vocab/VENDORED.md"
+echo "vendored the Qwen2 vocabulary into $vocab"
