@@ -5,3 +5,4 @@
 
 pub mod ggml;
 pub mod gguf;
+pub mod model;
