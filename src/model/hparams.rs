@@ -11,7 +11,7 @@ pub const SWA_PATTERN: u32 = 4;
 /// llama.cpp's default `n_no_rope_layer_step`: with SWA on, layers `il % 4 == 0` skip RoPE (NoPE).
 pub const NO_ROPE_LAYER_STEP: u32 = 4;
 /// `build_moe_ffn` divides the selected expert weights by `max(sum, this)` (the smallest normal f16).
-pub const WEIGHTS_SUM_MIN: f32 = 6.103515625e-5;
+pub const WEIGHTS_SUM_MIN: f32 = 1.0 / 16384.0; // 2^-14 = 6.103515625e-5
 /// `LLAMA_MAX_EXPERTS` in the vendored llama.cpp (llama-hparams.h).
 const MAX_EXPERTS: u32 = 1024;
 
@@ -138,8 +138,12 @@ impl Hparams {
     }
 
     /// Whether layer `il` applies RoPE. Without SWA every layer does; with SWA, layers `il % 4 == 0` are NoPE.
+    ///
+    /// llama.cpp's predicate is `n_no_rope_layer_step == n_layer || il % n_no_rope_layer_step != 0`, and
+    /// "no SWA" is encoded as `n_no_rope_layer_step = n_layer`. So a SWA model with exactly 4 layers gets RoPE
+    /// on every layer (HF's layout would make layer 0 NoPE). We follow llama.cpp; no released model has 4 layers.
     pub fn use_rope(&self, il: u32) -> bool {
-        !self.swa || il % NO_ROPE_LAYER_STEP != 0
+        !self.swa || self.n_layer == NO_ROPE_LAYER_STEP || il % NO_ROPE_LAYER_STEP != 0
     }
 
     /// Whether layer `il` uses sliding-window attention (dense layer first in every group of 4).
@@ -317,6 +321,21 @@ mod tests {
     }
 
     #[test]
+    fn a_four_layer_swa_model_keeps_rope_everywhere_as_llama_cpp_does() {
+        let hp = Hparams { n_layer: 4, ..hp21b() };
+        assert!((0..4).all(|il| hp.use_rope(il)));
+        assert_eq!(
+            (0..4).map(|il| hp.is_swa(il)).collect::<Vec<_>>(),
+            [false, true, true, true]
+        );
+        let hp = Hparams { n_layer: 5, ..hp21b() };
+        assert_eq!(
+            (0..5).map(|il| hp.use_rope(il)).collect::<Vec<_>>(),
+            [false, true, true, true, false]
+        );
+    }
+
+    #[test]
     fn swa_layers_take_the_swa_rope_base() {
         let hp = Hparams {
             rope_freq_base_swa: 5e4,
@@ -334,7 +353,7 @@ mod tests {
             (m.n_expert, m.n_expert_used, m.n_ff_exp, m.gating),
             (64, 6, 768, Gating::Softmax)
         );
-        assert_eq!(m.weights_sum_min, 6.103515625e-5);
+        assert_eq!(f64::from(m.weights_sum_min), 6.103515625e-5);
         assert_eq!(Gating::from_id(1), Some(Gating::Softmax));
         assert_eq!(Gating::from_id(2), Some(Gating::Sigmoid));
         assert_eq!(Gating::from_id(0), None);
