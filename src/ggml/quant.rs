@@ -6,18 +6,25 @@
 //! - [`dequantize`] calls the type's `to_float` from `ggml_get_type_traits`.
 //! - [`f32_to_f16_bytes`] / [`f32_to_bf16_bytes`] give the bytes gguf-py (and so `convert_hf_to_gguf.py`) writes.
 //!
+//! Bit identity depends on build.rs compiling ggml-quants.c as ISO C (`-std=c11`, hence `-ffp-contract=off`): with
+//! `-std=gnu11 -mfma` gcc fuses `x*id + 8.5f` in `quantize_row_q4_0_ref` into an FMA, which rounds differently from
+//! llama.cpp (whose ggml-base has no FMA flags) and gguf-py in rare blocks.
+//!
 //! Every precondition is checked here first: ggml asserts abort the process, and `to_float` does not check its
 //! length at all (NDEBUG).
 //!
 //! ## F16 and BF16 conversions versus gguf-py
 //! - BF16: ggml's `ggml_fp32_to_bf16_row_ref` (round to nearest even, NaN → `(bits >> 16) | 0x40`) equals gguf-py's
-//!   `BF16.quantize_blocks` for every one of the 2^32 inputs by construction (same formula). We never call
-//!   `ggml_fp32_to_bf16_row`: built with AVX512-BF16 (`SMALLTHINKER_NATIVE=1` on such a CPU) it flushes subnormals.
-//! - F16: ggml's `ggml_fp32_to_fp16_row` and numpy's `astype(float16)` agree on every non-NaN input (RNE, overflow
-//!   to inf, subnormals). They differ on NaN: ggml writes `sign | 0x7E00` for any NaN; numpy keeps the top 10
-//!   payload bits unquieted, `sign | (0x7C00 + (mantissa >> 13))`, bumped to `0x7C01` when that would read as inf.
-//!   [`f32_to_f16_bytes`] follows numpy (the converter's reference); [`quantize`] with `F16` is ggml's
-//!   (`llama-quantize`'s). Real checkpoints hold no NaN, so the two agree on every real tensor.
+//!   `BF16.quantize_blocks`: the same formula (gguf-py writes the NaN branch differently, to the same bits); the
+//!   tests check the edge cases and 2^20 seeded patterns. We never call `ggml_fp32_to_bf16_row`: built with
+//!   AVX512-BF16 (`SMALLTHINKER_NATIVE=1` on such a CPU) it flushes subnormals.
+//! - F16: ggml's `ggml_fp32_to_fp16_row` and numpy's `astype(float16)` agree on non-NaN input (RNE, overflow to
+//!   inf, subnormals; checked on the edge cases, 2^20 seeded patterns, and against the `half` crate). They differ
+//!   on NaN: ggml writes `sign | 0x7E00` for any NaN; numpy keeps the top 10 payload bits unquieted,
+//!   `sign | (0x7C00 + (mantissa >> 13))`, bumped to `0x7C01` when that would read as inf (numpy 2.4.6 on x86-64,
+//!   as tools/py/quant_fixtures.py records). [`f32_to_f16_bytes`] follows numpy (the converter's reference);
+//!   [`quantize`] with `F16` is ggml's (`llama-quantize`'s). Real checkpoints hold no NaN, so the two agree on
+//!   every real tensor.
 //! - F16 → F32: ggml quiets a signalling NaN (`0x7C01` → `0x7FC02000`); numpy keeps it (`0x7F802000`). Every other
 //!   input converts exactly in both.
 
