@@ -35,7 +35,10 @@ fn rope_ext_neox_and_normal_match_a_naive_rotation() {
     pos.set_i32(&pos_v).unwrap();
     for (mode, neox) in [(RopeMode::Neox, true), (RopeMode::Normal, false)] {
         for n_dims in [16, 8] {
-            let p = RopeParams { mode, ..RopeParams::neox(n_dims, 10000.0) };
+            let p = RopeParams {
+                mode,
+                ..RopeParams::neox(n_dims, 10000.0)
+            };
             let got = run(&ctx, ctx.rope_ext(x, pos, None, p), 2);
             let want = naive_rope(&xv, ne, &pos_v, n_dims as usize, 10000.0, neox);
             assert_close(&format!("rope {mode:?} n_dims {n_dims}"), &want, &got, 1e-9);
@@ -53,7 +56,9 @@ fn soft_max_ext_with_mask_and_scale() {
     let ne = [6, 4, 3, 1]; // [n_kv, n_q, n_head]
     let (a, av) = rand_f32(&ctx, &ne[..3], &mut rng);
     // causal mask over [n_kv, n_q], broadcast over heads; F16 like llama.cpp's KQ mask
-    let mask_v: Vec<f32> = (0..4).flat_map(|q| (0..6).map(move |k| if k > q + 2 { f32::NEG_INFINITY } else { 0.0 })).collect();
+    let mask_v: Vec<f32> = (0..4)
+        .flat_map(|q| (0..6).map(move |k| if k > q + 2 { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
     for mty in [GgmlType::F32, GgmlType::F16] {
         let mask = ctx.new_tensor_2d(mty, 6, 4);
         if mty == GgmlType::F32 {
@@ -64,28 +69,48 @@ fn soft_max_ext_with_mask_and_scale() {
         let scale = 0.7;
         let pre: Vec<f32> = av.iter().enumerate().map(|(i, x)| x * scale + mask_v[i % 24]).collect();
         let got = run(&ctx, ctx.soft_max_ext(a, Some(mask), scale, 0.0), 2);
-        assert_close(&format!("soft_max_ext mask {mty}"), &naive_softmax_rows(&pre, 6), &got, 1e-10);
+        assert_close(
+            &format!("soft_max_ext mask {mty}"),
+            &naive_softmax_rows(&pre, 6),
+            &got,
+            1e-10,
+        );
         assert_eq!(got[5], 0.0, "masked entry");
     }
 }
 
 #[test]
 fn flash_attn_ext_matches_naive_gqa_attention() {
+    // llama.cpp's F16 cache, and F32 K/V
+    flash_attn_case(GgmlType::F16);
+    flash_attn_case(GgmlType::F32);
+}
+
+fn flash_attn_case(kv_ty: GgmlType) {
     let ctx = ctx();
     let mut rng = Rng::new(13);
     let (d, n_q, n_kv, n_head, n_head_kv) = (32i64, 3i64, 7i64, 4i64, 2i64);
     let (q, qv) = rand_f32(&ctx, &[d, n_q, n_head], &mut rng);
     let kv_vals = |rng: &mut Rng| -> Vec<f32> {
-        rng.vec((d * n_kv * n_head_kv) as usize).iter().map(|v| half::f16::from_f32(*v).to_f32()).collect()
+        rng.vec((d * n_kv * n_head_kv) as usize)
+            .iter()
+            .map(|v| half::f16::from_f32(*v).to_f32())
+            .collect()
     };
     let (kv, vv) = (kv_vals(&mut rng), kv_vals(&mut rng));
-    let k = ctx.new_tensor_3d(GgmlType::F16, d, n_kv, n_head_kv);
-    let v = ctx.new_tensor_3d(GgmlType::F16, d, n_kv, n_head_kv);
-    k.set_f32_as_f16(&kv).unwrap();
-    v.set_f32_as_f16(&vv).unwrap();
+    let k = ctx.new_tensor_3d(kv_ty, d, n_kv, n_head_kv);
+    let v = ctx.new_tensor_3d(kv_ty, d, n_kv, n_head_kv);
+    if kv_ty == GgmlType::F16 {
+        k.set_f32_as_f16(&kv).unwrap();
+        v.set_f32_as_f16(&vv).unwrap();
+    } else {
+        k.set_f32(&kv).unwrap();
+        v.set_f32(&vv).unwrap();
+    }
     // query i sees keys 0..=i+4 (the last 4 queries of a 7-token causal window)
-    let mask_v: Vec<f32> =
-        (0..n_q).flat_map(|i| (0..n_kv).map(move |j| if j > i + 4 { f32::NEG_INFINITY } else { 0.0 })).collect();
+    let mask_v: Vec<f32> = (0..n_q)
+        .flat_map(|i| (0..n_kv).map(move |j| if j > i + 4 { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
     let mask = ctx.new_tensor_2d(GgmlType::F16, n_kv, n_q);
     mask.set_f32_as_f16(&mask_v).unwrap();
     let scale = 1.0 / (d as f32).sqrt();
@@ -113,8 +138,8 @@ fn flash_attn_ext_matches_naive_gqa_attention() {
             }
         }
     }
-    // Q is rounded to F16 for the F16 K dot product: ~1e-6
-    assert_close("flash_attn_ext", &want, &got, 5e-4);
+    // Q is rounded to F16 for the F16 K dot product, and the CPU kernel accumulates V in F16: ~1e-6
+    assert_close(&format!("flash_attn_ext {kv_ty}"), &want, &got, 5e-4);
 }
 
 #[test]
@@ -139,8 +164,9 @@ fn mul_mat_id_matches_naive_per_token_experts() {
             for e in 0..n_used {
                 let ex = ids_v[(t * n_used + e) as usize] as i64;
                 for i in 0..n {
-                    want[at([n, n_used, n_tok, 1], i, e, t, 0)] =
-                        (0..k).map(|c| wv[at(wn, c, i, ex, 0)] * bv[at(bn, c, e % b_used, t, 0)]).sum();
+                    want[at([n, n_used, n_tok, 1], i, e, t, 0)] = (0..k)
+                        .map(|c| wv[at(wn, c, i, ex, 0)] * bv[at(bn, c, e % b_used, t, 0)])
+                        .sum();
                 }
             }
         }

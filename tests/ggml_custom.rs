@@ -29,14 +29,22 @@ fn a_custom_op_written_as_a_rust_closure_inside_a_ggml_graph_computed_with_2_thr
     let out = ctx.mul_mat(a, custom); // [9, 9]
     let got = run(&ctx, out, 2);
 
-    let custom_ref: Vec<f32> = av.iter().enumerate().map(|(i, x)| x.max(0.0) * wv[i % 16] + (i / 16) as f32).collect();
+    let custom_ref: Vec<f32> = av
+        .iter()
+        .enumerate()
+        .map(|(i, x)| x.max(0.0) * wv[i % 16] + (i / 16) as f32)
+        .collect();
     assert_close("custom op", &custom_ref, &custom.to_f32_vec().unwrap(), 1e-12);
     let want = naive_mul_mat(&av, [16, 9, 1, 1], &custom_ref, [16, 9, 1, 1]);
     assert_close("graph with custom op", &want, &got, 1e-10);
 
     let mut seen = threads_seen.lock().unwrap().clone();
     seen.sort_by_key(|s| s.0);
-    assert_eq!(seen, vec![(0, 2, 0..5), (1, 2, 5..9)], "both threads ran, rows split ceil(9/2)");
+    assert_eq!(
+        seen,
+        vec![(0, 2, 0..5), (1, 2, 5..9)],
+        "both threads ran, rows split ceil(9/2)"
+    );
 }
 
 #[test]

@@ -61,7 +61,12 @@ fn scale_clamp_and_activations() {
     let (a, av) = rand_f32(&ctx, &[16, 5], &mut rng);
     let map = |f: &dyn Fn(f32) -> f32| av.iter().map(|x| f(*x)).collect::<Vec<f32>>();
     assert_close("scale", &map(&|x| x * 0.25), &run(&ctx, ctx.scale(a, 0.25), 1), 1e-12);
-    assert_close("clamp", &map(&|x| x.clamp(-0.3, 0.5)), &run(&ctx, ctx.clamp(a, -0.3, 0.5), 1), 1e-12);
+    assert_close(
+        "clamp",
+        &map(&|x| x.clamp(-0.3, 0.5)),
+        &run(&ctx, ctx.clamp(a, -0.3, 0.5), 1),
+        1e-12,
+    );
     assert_close("relu", &map(&|x| x.max(0.0)), &run(&ctx, ctx.relu(a), 1), 1e-12);
     let sig = |x: f32| 1.0 / (1.0 + (-x).exp());
     assert_close("sigmoid", &map(&sig), &run(&ctx, ctx.sigmoid(a), 1), 1e-9);
@@ -75,7 +80,10 @@ fn reglu_split_is_relu_gate_times_up() {
     let (gate, gv) = rand_f32(&ctx, &[12, 4], &mut rng);
     let (up, uv) = rand_f32(&ctx, &[12, 4], &mut rng);
     let want: Vec<f32> = gv.iter().zip(&uv).map(|(g, u)| g.max(0.0) * u).collect();
-    assert!(want.iter().filter(|v| **v == 0.0).count() > 10, "the test exercises the relu");
+    assert!(
+        want.iter().filter(|v| **v == 0.0).count() > 10,
+        "the test exercises the relu"
+    );
     assert_close("reglu_split", &want, &run(&ctx, ctx.reglu_split(gate, up), 2), 1e-12);
 }
 
@@ -92,7 +100,10 @@ fn rms_norm_and_norm() {
         rms.extend(row.iter().map(|x| (*x as f64 / (ms + eps as f64).sqrt()) as f32));
         let mean = row.iter().map(|x| *x as f64).sum::<f64>() / 32.0;
         let var = row.iter().map(|x| (*x as f64 - mean).powi(2)).sum::<f64>() / 32.0;
-        norm.extend(row.iter().map(|x| ((*x as f64 - mean) / (var + eps as f64).sqrt()) as f32));
+        norm.extend(
+            row.iter()
+                .map(|x| ((*x as f64 - mean) / (var + eps as f64).sqrt()) as f32),
+        );
     }
     assert_close("rms_norm", &rms, &run(&ctx, ctx.rms_norm(a, eps), 2), 1e-10);
     assert_close("norm", &norm, &run(&ctx, ctx.norm(a, eps), 2), 1e-10);
@@ -103,7 +114,12 @@ fn softmax_sum_rows_diag_mask() {
     let ctx = ctx();
     let mut rng = Rng::new(7);
     let (a, av) = rand_f32(&ctx, &[6, 4], &mut rng);
-    assert_close("softmax", &naive_softmax_rows(&av, 6), &run(&ctx, ctx.softmax(a), 2), 1e-10);
+    assert_close(
+        "softmax",
+        &naive_softmax_rows(&av, 6),
+        &run(&ctx, ctx.softmax(a), 2),
+        1e-10,
+    );
     let sums: Vec<f32> = av.chunks(6).map(|r| r.iter().sum()).collect();
     let s = ctx.sum_rows(a);
     assert_eq!(s.ne(), [1, 4, 1, 1]);
@@ -154,7 +170,11 @@ fn argsort_and_top_k() {
     g.build_forward_expand(top);
     g.compute(1).unwrap();
     let want4: Vec<Vec<i32>> = sorted(true).iter().map(|r| r[..4].to_vec()).collect();
-    assert_eq!(top.to_i32_vec().unwrap(), want4.concat(), "argsort_top_k: largest first");
+    assert_eq!(
+        top.to_i32_vec().unwrap(),
+        want4.concat(),
+        "argsort_top_k: largest first"
+    );
     // top_k: same set per row, any order
     for (row, want) in topk.to_i32_vec().unwrap().chunks(4).zip(&want4) {
         let (mut r, mut w) = (row.to_vec(), want.clone());

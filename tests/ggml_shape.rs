@@ -19,7 +19,14 @@ fn views_reshape_permute_transpose_cont() {
     // view_3d / view_4d of the whole tensor are the identity
     let nb = a.nb();
     assert_eq!(run(&ctx, ctx.cont(ctx.view_3d(a, [4, 3, 2], nb[1], nb[2], 0)), 1), av);
-    assert_eq!(run(&ctx, ctx.cont(ctx.view_4d(a, [4, 3, 2, 1], [nb[1], nb[2], nb[3]], 0)), 1), av);
+    assert_eq!(
+        run(
+            &ctx,
+            ctx.cont(ctx.view_4d(a, [4, 3, 2, 1], [nb[1], nb[2], nb[3]], 0)),
+            1
+        ),
+        av
+    );
     // reshape keeps the data
     let r = ctx.reshape_3d(a, 2, 6, 2);
     assert_eq!(r.ne(), [2, 6, 2, 1]);
@@ -27,7 +34,10 @@ fn views_reshape_permute_transpose_cont() {
     assert_eq!(ctx.reshape_4d(a, 2, 2, 3, 2).ne(), [2, 2, 3, 2]);
     // transpose: out[j, i] = a[i, j] of the first matrix
     let t = ctx.cont(ctx.transpose(ctx.view_2d(a, 4, 3, nb[1], 0)));
-    let want: Vec<f32> = (0..4).flat_map(|i| (0..3).map(move |j| (i, j))).map(|(i, j)| av[j * 4 + i]).collect();
+    let want: Vec<f32> = (0..4)
+        .flat_map(|i| (0..3).map(move |j| (i, j)))
+        .map(|(i, j)| av[j * 4 + i])
+        .collect();
     assert_eq!(run(&ctx, t, 1), want);
     // permute(0, 2, 1, 3) as in attention: out [4, 2, 3]; out[i, k, j] = a[i, j, k]
     let p = ctx.permute(a, [0, 2, 1, 3]);
@@ -61,7 +71,9 @@ fn cpy_converts_and_concat_joins() {
     assert_eq!(cat1, [av.clone(), bv.clone()].concat());
     let (b0, b0v) = rand_f32(&ctx, &[3, 2], &mut rng);
     let cat0 = run(&ctx, ctx.concat(a, b0, 0), 1);
-    let want: Vec<f32> = (0..2).flat_map(|r| [&av[r * 8..r * 8 + 8], &b0v[r * 3..r * 3 + 3]].concat()).collect();
+    let want: Vec<f32> = (0..2)
+        .flat_map(|r| [&av[r * 8..r * 8 + 8], &b0v[r * 3..r * 3 + 3]].concat())
+        .collect();
     assert_eq!(cat0, want);
 }
 
@@ -75,7 +87,10 @@ fn get_rows_on_f32_f16_and_q8_0_data() {
     let ids = ctx.new_tensor_1d(GgmlType::I32, 4);
     ids.set_i32(&ids_v).unwrap();
     let pick = |table: &[f32]| -> Vec<f32> {
-        ids_v.iter().flat_map(|&i| table[i as usize * 64..(i as usize + 1) * 64].to_vec()).collect()
+        ids_v
+            .iter()
+            .flat_map(|&i| table[i as usize * 64..(i as usize + 1) * 64].to_vec())
+            .collect()
     };
 
     let f32t = ctx.new_tensor_2d(GgmlType::F32, n_embd, n_vocab);

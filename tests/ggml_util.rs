@@ -36,18 +36,29 @@ impl Rng {
 /// ggml's test-backend-ops metric: Σ(a-b)² / Σa², with `a` the reference.
 pub fn nmse(reference: &[f32], got: &[f32]) -> f64 {
     assert_eq!(reference.len(), got.len(), "length mismatch");
-    let num: f64 = reference.iter().zip(got).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum();
+    let num: f64 = reference
+        .iter()
+        .zip(got)
+        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+        .sum();
     let den: f64 = reference.iter().map(|a| (*a as f64).powi(2)).sum();
     num / den
 }
 
 pub fn assert_close(what: &str, reference: &[f32], got: &[f32], max_nmse: f64) {
     let e = nmse(reference, got);
-    assert!(e < max_nmse, "{what}: nmse {e:e} >= {max_nmse:e}\nref {reference:?}\ngot {got:?}");
+    assert!(
+        e < max_nmse,
+        "{what}: nmse {e:e} >= {max_nmse:e}\nref {reference:?}\ngot {got:?}"
+    );
 }
 
 pub fn ctx() -> Context {
-    Context::new(ContextParams { mem_size: 16 << 20, no_alloc: false }).unwrap()
+    Context::new(ContextParams {
+        mem_size: 16 << 20,
+        no_alloc: false,
+    })
+    .unwrap()
 }
 
 /// An F32 tensor of dims `ne` filled from `rng`; returns it and its values.

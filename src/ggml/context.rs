@@ -122,7 +122,7 @@ impl Context {
         );
         let mut ne4 = [1i64; 4];
         ne4[..ne.len()].copy_from_slice(ne);
-        assert!(ne4.iter().all(|&d| d >= 0), "ggml {op}: negative dim in {ne4:?}");
+        check_dims(op, ne4);
         assert!(
             ne4[0] as u64 % ty.block_size() == 0,
             "ggml {op}: ne[0] = {} is not a multiple of the {ty} block size {}",
@@ -215,7 +215,10 @@ impl Context {
 
     /// A graph of up to `size` nodes (and `size` leafs), allocated in this context's pool.
     pub fn new_graph(&self, size: usize) -> Graph<'_> {
-        assert!(size > 0, "ggml new_graph: size must be positive");
+        assert!(
+            size > 0 && size <= 1 << 24,
+            "ggml new_graph: size {size} out of 1..=2^24"
+        );
         self.reserve("new_graph", Self::graph_overhead(size));
         // SAFETY: valid context with room for the graph (checked); no gradients.
         let g = unsafe { sys::ggml_new_graph_custom(self.as_ptr(), size, false) };
@@ -241,6 +244,13 @@ impl Context {
         let base = unsafe { sys::ggml_get_mem_buffer(self.as_ptr()) } as usize;
         (base..base + self.mem_size()).contains(&(t as usize))
     }
+}
+
+/// Dims are non-negative and their product fits i64 (ggml_new_tensor_impl asserts both).
+pub(crate) fn check_dims(op: &str, ne: [i64; 4]) {
+    assert!(ne.iter().all(|&d| d >= 0), "ggml {op}: negative dim in {ne:?}");
+    let n = ne.iter().try_fold(1i64, |acc, &d| acc.checked_mul(d));
+    assert!(n.is_some(), "ggml {op}: element count of {ne:?} overflows i64");
 }
 
 impl Drop for Context {

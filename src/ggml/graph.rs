@@ -119,7 +119,15 @@ impl<'ctx> Graph<'ctx> {
                 sys::GGML_OP_MUL_MAT_ID => (src(2), src(0).ne()[2]),
                 _ => continue,
             };
-            if ids.op() != sys::GGML_OP_NONE || !ids.is_contiguous() {
+            // Host-set ids are a leaf, or a view of one (llama.cpp's out_ids); computed ids are not checked.
+            let mut root = ids;
+            while matches!(
+                root.op(),
+                sys::GGML_OP_VIEW | sys::GGML_OP_RESHAPE | sys::GGML_OP_PERMUTE | sys::GGML_OP_TRANSPOSE
+            ) {
+                root = Tensor::from_raw(root.raw().src[0], true);
+            }
+            if root.op() != sys::GGML_OP_NONE || !ids.is_contiguous() {
                 continue;
             }
             let bytes = ids.to_bytes()?;

@@ -31,7 +31,9 @@ pub mod sys;
 /// Panics with "ggml {op}: {message}" unless `cond`: the Rust-side twin of a `GGML_ASSERT`.
 macro_rules! ensure {
     ($cond:expr, $op:expr, $($arg:tt)+) => {
-        if !$cond {
+        // `let` first: `!(x >= 0.0)` is deliberate (NaN fails like ggml's assert), so no partial_cmp lint
+        let ok: bool = $cond;
+        if !ok {
             panic!("ggml {}: {}", $op, format!($($arg)+));
         }
     };
