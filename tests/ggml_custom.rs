@@ -112,3 +112,45 @@ fn calling_dst_rows_twice_is_reported_as_a_panic() {
     let err = g.compute(1).unwrap_err();
     assert!(err.to_string().contains("dst_rows called twice"), "{err}");
 }
+
+#[test]
+fn a_custom_op_over_quantized_rows_with_vec_dot_matches_mul_mat() {
+    // the shape of a later sparse kernel: dot only selected Q8_0 weight rows with the quantized input
+    use smallthinker::ggml::{from_float, vec_dot};
+    use smallthinker::gguf::GgmlType;
+    let ctx = ctx();
+    let mut rng = Rng::new(34);
+    let (n_in, n_out) = (64i64, 6i64);
+    let w = ctx.new_tensor_2d(GgmlType::Q8_0, n_in, n_out);
+    w.set_bytes(&from_float(GgmlType::Q8_0, &rng.vec((n_in * n_out) as usize)))
+        .unwrap();
+    let (x, _) = rand_f32(&ctx, &[n_in], &mut rng);
+    let skip = [false, true, false, false, true, false]; // "predicted zero" rows
+    let sparse = ctx.custom_4d("sparse_matvec", [n_out, 1, 1, 1], &[w, x], move |op| {
+        assert_eq!(op.src_ty(0), GgmlType::Q8_0);
+        let xq = from_float(GgmlType::Q8_0, op.src(1));
+        // one output row of 6 values: thread 0 does all of it, the others have no rows
+        for (_, out) in op.dst_rows() {
+            for (r, o) in out.iter_mut().enumerate() {
+                *o = if skip[r] {
+                    0.0
+                } else {
+                    vec_dot(GgmlType::Q8_0, 64, op.src_row_bytes(0, r), &xq)
+                };
+            }
+        }
+    });
+    let dense = ctx.mul_mat(w, x);
+    let mut g = ctx.new_graph(8);
+    g.build_forward_expand(sparse);
+    g.build_forward_expand(dense);
+    g.compute(2).unwrap();
+    let want: Vec<f32> = dense
+        .to_f32_vec()
+        .unwrap()
+        .iter()
+        .zip(&skip)
+        .map(|(v, s)| if *s { 0.0 } else { *v })
+        .collect();
+    assert_close("sparse vs masked dense", &want, &sparse.to_f32_vec().unwrap(), 1e-12);
+}

@@ -47,6 +47,7 @@ pub fn nmse(reference: &[f32], got: &[f32]) -> f64 {
 
 pub fn assert_close(what: &str, reference: &[f32], got: &[f32], max_nmse: f64) {
     let e = nmse(reference, got);
+    eprintln!("nmse {what}: {e:.2e}");
     assert!(
         e < max_nmse,
         "{what}: nmse {e:e} >= {max_nmse:e}\nref {reference:?}\ngot {got:?}"

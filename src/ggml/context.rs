@@ -196,6 +196,14 @@ impl Context {
                 got: bytes.len(),
             });
         }
+        // The CPU kernels read elements through typed pointers.
+        let align = ty.type_size().min(4) as usize;
+        if (bytes.as_ptr() as usize) % align != 0 {
+            return Err(GgmlError::Misaligned {
+                name: name.to_string(),
+                align,
+            });
+        }
         self.reserve("new_tensor_from_bytes", Self::tensor_overhead());
         // SAFETY: valid context with room for the metadata (checked); dims checked as in new_tensor_impl. no_alloc is
         // set around the call so the pool gives no data, then restored.

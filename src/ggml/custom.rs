@@ -105,20 +105,50 @@ impl CustomOpCtx {
         self.src_tensor(i).ne()
     }
 
-    /// All values of source `i` (contiguous F32, checked when the op was built).
-    pub fn src(&self, i: usize) -> &[f32] {
+    /// Element type of source `i`.
+    pub fn src_ty(&self, i: usize) -> GgmlType {
+        self.src_tensor(i).ty()
+    }
+
+    /// The raw bytes of source `i` (any type, contiguous: checked when the op was built), e.g. quantized weight
+    /// rows for [`super::vec_dot`].
+    pub fn src_bytes(&self, i: usize) -> &[u8] {
         let t = self.src_tensor(i);
-        let data = t.raw().data as *const f32;
+        // SAFETY: a contiguous tensor with data (checked at build and compute time) of nbytes bytes; no thread
+        // writes a source during this node (gallocr never runs GGML_OP_CUSTOM in place, and dst is a new tensor).
+        unsafe { std::slice::from_raw_parts(t.raw().data as *const u8, t.nbytes()) }
+    }
+
+    /// Bytes of row `r` (flattened over dims 1..3) of source `i`.
+    pub fn src_row_bytes(&self, i: usize, r: usize) -> &[u8] {
+        let t = self.src_tensor(i);
+        let row = t.ty().row_bytes(t.ne()[0] as u64).expect("whole blocks") as usize;
+        &self.src_bytes(i)[r * row..(r + 1) * row]
+    }
+
+    fn typed<T>(&self, i: usize, ty: GgmlType) -> &[T] {
+        let t = self.src_tensor(i);
+        assert!(t.ty() == ty, "custom op source {i} {t:?} is not {ty}");
+        let data = t.raw().data as *const T;
         assert!(
             data.is_aligned(),
-            "custom op source {i} ({t:?}) data is not 4-byte aligned"
+            "custom op source {i} {t:?} data is not aligned for {ty}"
         );
-        // SAFETY: a contiguous F32 tensor with data (checked at build and compute time) of nelements values; no
-        // thread writes a source during this node (gallocr never runs GGML_OP_CUSTOM in place).
+        // SAFETY: as in src_bytes, and the type and alignment match T (checked).
         unsafe { std::slice::from_raw_parts(data, t.nelements() as usize) }
     }
 
-    /// Row `r` (flattened over dims 1..3) of source `i`.
+    /// All values of F32 source `i` (panics, i.e. the op fails, if it is not F32).
+    pub fn src(&self, i: usize) -> &[f32] {
+        self.typed(i, GgmlType::F32)
+    }
+
+    /// All values of I32 source `i` (ids, positions).
+    pub fn src_i32(&self, i: usize) -> &[i32] {
+        self.typed(i, GgmlType::I32)
+    }
+
+    /// Row `r` (flattened over dims 1..3) of F32 source `i`.
     pub fn src_row(&self, i: usize, r: usize) -> &[f32] {
         let ne0 = self.src_ne(i)[0] as usize;
         &self.src(i)[r * ne0..(r + 1) * ne0]
@@ -140,6 +170,10 @@ impl CustomOpCtx {
             "CustomOpCtx::dst_rows called twice in one invocation"
         );
         let dst = self.dst();
+        assert!(
+            (dst.raw().data as *const f32).is_aligned(),
+            "custom op destination is not 4-byte aligned"
+        );
         DstRows {
             data: dst.raw().data.cast(),
             ne0: dst.ne()[0] as usize,
@@ -210,7 +244,7 @@ pub(crate) fn take_panic(g: &Graph<'_>) -> Result<(), GgmlError> {
 }
 
 impl Context {
-    /// A custom op with a new F32 destination of dims `ne` and sources `args` (contiguous F32, at most 9).
+    /// A custom op with a new F32 destination of dims `ne` and sources `args` (contiguous, any type, at most 9).
     /// `f` runs on every compute thread; it must fill its [`CustomOpCtx::dst_rows`].
     pub fn custom_4d<'a, F>(&'a self, name: &str, ne: [i64; 4], args: &[Tensor<'a>], f: F) -> Tensor<'a>
     where
@@ -223,14 +257,11 @@ impl Context {
         );
         for (i, a) in args.iter().enumerate() {
             assert!(
-                a.ty() == GgmlType::F32 && a.is_contiguous(),
-                "ggml custom_4d `{name}`: arg {i} {a:?} must be contiguous F32"
+                a.is_contiguous(),
+                "ggml custom_4d `{name}`: arg {i} {a:?} must be contiguous"
             );
         }
-        assert!(
-            ne.iter().all(|&d| d >= 0),
-            "ggml custom_4d `{name}`: negative dim in {ne:?}"
-        );
+        super::context::check_dims("custom_4d", ne);
         self.reserve_tensors("custom_4d", 1, Some((GgmlType::F32, ne)));
         let state = Box::new(CustomState {
             name: name.to_string(),

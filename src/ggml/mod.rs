@@ -86,6 +86,9 @@ pub enum GgmlError {
     /// A `new_tensor_from_bytes` whose dims are not whole blocks of the type.
     #[error("tensor `{name}`: dims {ne:?} are not whole {ty} blocks")]
     BadDims { name: String, ty: GgmlType, ne: [i64; 4] },
+    /// Borrowed tensor data not aligned for its element type.
+    #[error("tensor `{name}`: data is not {align}-byte aligned")]
+    Misaligned { name: String, align: usize },
     /// `compute` was asked for zero threads.
     #[error("compute needs at least one thread, got {n_threads}")]
     Threads { n_threads: i32 },
