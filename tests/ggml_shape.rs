@@ -153,4 +153,19 @@ fn names_and_format_name() {
     assert!(t.is_contiguous());
     assert_eq!(t.ty(), GgmlType::F32);
     assert_eq!(t.nb(), [4, 16, 16, 16]);
+
+    // named intermediates can be found and read back after compute, like llama.cpp's eval callback
+    t.set_f32(&[1.0, -2.0, 3.0, -4.0]).unwrap();
+    let r = ctx.relu(t).format_name("ffn_out", 7);
+    let mut g = ctx.new_graph(8);
+    g.build_forward_expand(ctx.scale(r, 2.0));
+    g.compute(1).unwrap();
+    assert_eq!((g.n_nodes(), g.n_leafs()), (2, 1));
+    let found = g.get_tensor("ffn_out-7").expect("named node");
+    assert_eq!(found.to_f32_vec().unwrap(), vec![1.0, 0.0, 3.0, 0.0]);
+    assert!(matches!(
+        found.set_f32(&[0.0; 4]),
+        Err(smallthinker::ggml::GgmlError::ReadOnly { .. })
+    ));
+    assert!(g.get_tensor("nope").is_none());
 }

@@ -99,6 +99,9 @@ impl Context {
 
     /// Reserves room for `n` tensors, the first of which gets `ty`/`ne` data if this context allocates.
     pub(crate) fn reserve_tensors(&self, op: &str, n: usize, data: Option<(GgmlType, [i64; 4])>) {
+        if let Some((_, ne)) = data {
+            check_dims(op, ne);
+        }
         let data_bytes = match data {
             Some((ty, ne)) if !self.no_alloc => {
                 let ne = ne.map(|d| u64::try_from(d).unwrap_or_else(|_| panic!("ggml {op}: negative dim in {ne:?}")));

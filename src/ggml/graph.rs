@@ -13,7 +13,7 @@ pub struct Graph<'ctx> {
     size: usize,
     n_nodes: usize,
     n_leafs: usize,
-    /// Every tensor already in the graph, in ggml's visiting order (mirrors ggml's visited hash set).
+    /// Every tensor already in the graph (mirrors ggml's visited hash set), and the same as a list.
     visited: HashSet<usize>,
     tensors: Vec<*mut sys::ggml_tensor>,
     _ctx: PhantomData<&'ctx Context>,
@@ -55,6 +55,17 @@ impl<'ctx> Graph<'ctx> {
     /// Number of leafs (inputs, weights) so far.
     pub fn n_leafs(&self) -> usize {
         self.n_leafs
+    }
+
+    /// Every tensor of the graph (nodes and leafs), for inspection and dumps by name (`"{name}-{il}"`). The
+    /// handles are read-only: a node may be a view of borrowed read-only weights.
+    pub fn tensors(&self) -> Vec<Tensor<'ctx>> {
+        self.tensors.iter().map(|&p| Tensor::from_raw(p, true)).collect()
+    }
+
+    /// The graph tensor with this name, if any (read-only handle, as in [`Graph::tensors`]).
+    pub fn get_tensor(&self, name: &str) -> Option<Tensor<'ctx>> {
+        self.tensors().into_iter().find(|t| t.name() == name)
     }
 
     /// Adds `t` and everything it depends on (ggml_build_forward_expand). Panics, instead of ggml's abort, when
