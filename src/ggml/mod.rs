@@ -19,6 +19,32 @@
 //! assert_eq!(c.to_f32_vec().unwrap(), vec![12.0, 34.0, 56.0]);
 //! ```
 //!
+//! For a model: weights go in a long-lived `no_alloc` context, either pointing straight into a memory-mapped GGUF
+//! ([`Context::new_tensor_from_bytes`], read-only, lifetime-bound to the mapping) or copied into one CPU buffer
+//! ([`Context::alloc_cpu_buffer`]). Each evaluation builds its graph in a fresh `no_alloc` context whose
+//! intermediates a graph allocator places ([`Context::allocate_graph`]); a `Tensor<'weights>` coerces to the
+//! shorter lifetime of the compute context.
+//!
+//! ```
+//! # use smallthinker::ggml::{Context, ContextParams, CpuBackend};
+//! # use smallthinker::gguf::GgmlType;
+//! let file: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect(); // "the mmap"
+//! let wctx = Context::new(ContextParams { mem_size: 1 << 12, no_alloc: true }).unwrap();
+//! let w = wctx.new_tensor_from_bytes("w", GgmlType::F32, &[2, 2], &file).unwrap(); // [2, 2], no copy
+//!
+//! let cctx = Context::new(ContextParams { mem_size: 1 << 16, no_alloc: true }).unwrap();
+//! let x = cctx.new_tensor_1d(GgmlType::F32, 2).set_input(); // [2]
+//! let y = cctx.mul_mat(w, x).format_name("y", 0).set_output(); // [2], named "y-0"
+//! let mut gf = cctx.new_graph(8);
+//! gf.build_forward_expand(y);
+//! cctx.allocate_graph(&gf).unwrap();
+//! x.set_f32(&[1.0, 1.0]).unwrap();
+//! let backend = CpuBackend::new().unwrap();
+//! backend.set_n_threads(2);
+//! gf.compute_with_backend(&backend).unwrap();
+//! assert_eq!(y.to_f32_vec().unwrap(), vec![3.0, 7.0]);
+//! ```
+//!
 //! Misuse that ggml would answer with `GGML_ASSERT` (an abort) panics here first, naming the op and the shapes;
 //! failures that depend on data or the machine (allocation, compute status, a panicking custom op) are
 //! [`GgmlError`]s.
@@ -47,6 +73,7 @@ mod ops;
 mod ops_attn;
 mod ops_shape;
 mod tensor;
+// src/ggml/quant.rs (ggml's quantizers) is declared here as `pub mod quant;` by its owner.
 
 pub use backend::{from_float, vec_dot, vec_dot_type, CpuBackend};
 pub use context::{Context, ContextParams};

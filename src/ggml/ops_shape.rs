@@ -11,7 +11,7 @@ fn is_float(t: GgmlType) -> bool {
 impl Context {
     /// Checks that a view of `a` with dims `ne`, strides `nb` (nb[0] = element size) and byte `offset` stays
     /// inside `a`'s data, then wraps ggml's result.
-    fn view_impl<'a>(&'a self, op: &str, a: Tensor<'a>, ne: [i64; 4], nb: [usize; 4], offset: usize) -> [i64; 4] {
+    fn view_impl(&self, op: &str, a: Tensor<'_>, ne: [i64; 4], nb: [usize; 4], offset: usize) {
         let ty = a.ty();
         ensure!(
             ne.iter().all(|&d| d >= 0),
@@ -41,7 +41,6 @@ impl Context {
             a.nbytes()
         );
         self.reserve_tensors(op, 1, None);
-        ne
     }
 
     /// `[ne0]` elements of `a` from byte `offset`.
@@ -65,7 +64,6 @@ impl Context {
     }
 
     /// `[ne0, ne1, ne2]` with strides `nb1`, `nb2`.
-    #[allow(clippy::too_many_arguments)]
     pub fn view_3d<'a>(&'a self, a: Tensor<'a>, ne: [i64; 3], nb1: usize, nb2: usize, offset: usize) -> Tensor<'a> {
         let es = a.ty().type_size() as usize;
         self.view_impl("view_3d", a, [ne[0], ne[1], ne[2], 1], [es, nb1, nb2, 0], offset);
