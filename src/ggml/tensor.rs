@@ -10,6 +10,27 @@ use crate::gguf::GgmlType;
 
 /// A handle to a ggml tensor. Valid for as long as the context (and any borrowed data) it came from: the
 /// lifetime makes use-after-free a compile error. Handles are `!Send`: a context is single-threaded.
+///
+/// ```compile_fail,E0597
+/// # use smallthinker::ggml::{Context, ContextParams};
+/// # use smallthinker::gguf::GgmlType;
+/// let t = {
+///     let ctx = Context::new(ContextParams { mem_size: 1 << 12, no_alloc: false }).unwrap();
+///     ctx.new_tensor_1d(GgmlType::F32, 4)
+/// }; // error: `ctx` does not live long enough
+/// t.ne();
+/// ```
+///
+/// ```compile_fail,E0597
+/// # use smallthinker::ggml::{Context, ContextParams};
+/// # use smallthinker::gguf::GgmlType;
+/// let ctx = Context::new(ContextParams { mem_size: 1 << 12, no_alloc: true }).unwrap();
+/// let w = {
+///     let mapping = vec![0u8; 16];
+///     ctx.new_tensor_from_bytes("w", GgmlType::F32, &[4], &mapping).unwrap()
+/// }; // error: `mapping` does not live long enough
+/// w.ne();
+/// ```
 #[derive(Clone, Copy)]
 pub struct Tensor<'ctx> {
     ptr: NonNull<sys::ggml_tensor>,
