@@ -89,7 +89,15 @@ fn graph_and_pool_limits_panic_instead_of_aborting() {
 
 #[test]
 fn data_errors_are_errors() {
+    // ggml_init would abort on a failed malloc; the pool is allocated in Rust instead
+    let huge = Context::new(ContextParams {
+        mem_size: 1 << 62,
+        no_alloc: false,
+    });
+    assert!(matches!(huge, Err(GgmlError::Init { .. })));
     let ctx = ctx();
+    let z = ctx.new_tensor_1d(GgmlType::F32, 3);
+    assert_eq!(z.to_f32_vec().unwrap(), vec![0.0; 3], "fresh data reads as zeros");
     let t = ctx.new_tensor_1d(GgmlType::F32, 4).set_name("t");
     assert!(matches!(
         t.set_f32(&[1.0; 3]),

@@ -80,6 +80,8 @@ impl Context {
         let buf = NonNull::new(buf).ok_or(GgmlError::Backend {
             what: "ggml_backend_alloc_ctx_tensors_from_buft",
         })?;
+        // SAFETY: a live buffer; zeroing makes never-written tensor data defined (it reads as zeros).
+        unsafe { sys::ggml_backend_buffer_clear(buf.as_ptr(), 0) };
         self.buffers.borrow_mut().push(BufferOwner::Buffer(buf));
         Ok(())
     }

@@ -30,20 +30,49 @@ pub struct Context {
     pub(crate) buffers: RefCell<Vec<super::backend::BufferOwner>>,
     /// Custom-op closures; ggml holds raw pointers to them in op params.
     pub(crate) keep_alive: RefCell<Vec<Box<dyn Any>>>,
+    /// The memory behind `ptr`'s pool (declared last: dropped after ggml_free in `Drop`).
+    _pool: Pool,
+}
+
+/// A zeroed, 64-byte aligned allocation for a context's pool.
+struct Pool {
+    ptr: NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+impl Pool {
+    fn new(mem_size: usize) -> Option<Pool> {
+        let layout = std::alloc::Layout::from_size_align(mem_size.max(64).checked_next_multiple_of(64)?, 64).ok()?;
+        // SAFETY: the layout has a non-zero size; a null result is handled.
+        let ptr = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })?;
+        Some(Pool { ptr, layout })
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // SAFETY: allocated in Pool::new with this layout, freed once.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+    }
 }
 
 impl Context {
-    /// `ggml_init` with its own pool of `mem_size` bytes.
+    /// `ggml_init` over a pool of `mem_size` bytes allocated (zeroed) here, so that an allocation failure is an
+    /// error rather than ggml's abort, and never-written tensor data reads as zeros.
     pub fn new(params: ContextParams) -> Result<Self, GgmlError> {
         // SAFETY: ggml_cpu_init only fills ggml's global lookup tables (guarded by a critical section inside, so
         // calling it more than once or from several threads is fine); CPU ops need it before any compute.
         unsafe { sys::ggml_cpu_init() };
-        let init = sys::ggml_init_params {
+        let pool = Pool::new(params.mem_size).ok_or(GgmlError::Init {
             mem_size: params.mem_size,
-            mem_buffer: std::ptr::null_mut(),
+        })?;
+        let init = sys::ggml_init_params {
+            mem_size: pool.layout.size(),
+            mem_buffer: pool.ptr.as_ptr().cast(),
             no_alloc: params.no_alloc,
         };
-        // SAFETY: ggml_init allocates its own pool (mem_buffer is null) and returns null on failure.
+        // SAFETY: the pool is mem_size writable bytes, 64-byte aligned (ggml asserts 16), owned by the Context and
+        // freed only after ggml_free; ggml_init returns null on failure.
         let ptr = unsafe { sys::ggml_init(init) };
         let ptr = NonNull::new(ptr).ok_or(GgmlError::Init {
             mem_size: params.mem_size,
@@ -53,6 +82,7 @@ impl Context {
             no_alloc: params.no_alloc,
             buffers: RefCell::new(Vec::new()),
             keep_alive: RefCell::new(Vec::new()),
+            _pool: pool,
         })
     }
 
