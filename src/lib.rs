@@ -6,3 +6,5 @@
 pub mod ggml;
 pub mod gguf;
 pub mod model;
+
+pub use ggml::quant;
