@@ -1,6 +1,7 @@
 //! Safe wrapper over the vendored ggml: the only module of the crate with `unsafe`.
 #![allow(unsafe_code)]
 
+pub mod mmap;
 #[rustfmt::skip]
 pub mod sys;
 
