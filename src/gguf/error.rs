@@ -40,7 +40,7 @@ pub enum GgufError {
         available: u64,
     },
     /// A count that cannot fit in what is left of the file (or is negative, or above gguf.cpp's 2^30 cap).
-    #[error("{what} is {count}, impossible: at most {max} fit in the remaining bytes")]
+    #[error("{what} is {count}, impossible: at most {max} fit in the {remaining} bytes left (truncated or corrupt?)")]
     TooMany {
         /// The count field ("tensor count", "KV count", "array length of key 'x'").
         what: String,
@@ -48,6 +48,8 @@ pub enum GgufError {
         count: i128,
         /// The largest count the file could hold here.
         max: u64,
+        /// Bytes left in the file where the entries start.
+        remaining: u64,
     },
     /// A string longer than gguf.cpp's cap of 2^30 bytes.
     #[error("{what}: string length {len} exceeds the maximum of {max} bytes")]

@@ -56,8 +56,11 @@ pub fn parse(bytes: &[u8]) -> Result<Header, GgufError> {
     if version != 2 && version != 3 {
         return Err(GgufError::UnsupportedVersion { version });
     }
-    let n_tensors = c.count_i64(25, || "tensor count".into())?;
-    let n_kv = c.count_i64(14, || "KV count".into())?;
+    let n_tensors = c.u64(|| "header: tensor count".into())? as i64;
+    let n_kv = c.u64(|| "header: KV count".into())? as i64;
+    // Each count is checked where its section starts, against the bytes left there, so a file cut inside the KV
+    // section reports the cut there rather than an impossible tensor count.
+    let n_kv = c.check_count(n_kv, 14, || "KV count".into())?;
 
     // Capacities are capped: a count passed the checks above, but the entries may still turn out shorter.
     let mut metadata = Vec::with_capacity(n_kv.min(1024));
@@ -94,6 +97,7 @@ pub fn parse(bytes: &[u8]) -> Result<Header, GgufError> {
         }
     };
 
+    let n_tensors = c.check_count(n_tensors, 24, || "tensor count".into())?;
     let mut tensors = Vec::with_capacity(n_tensors.min(1024));
     let mut tensor_index = HashMap::with_capacity(n_tensors.min(1024));
     for i in 0..n_tensors {
@@ -202,15 +206,16 @@ impl<'a> Cursor<'a> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
 
-    /// A header count (stored as i64), bounded by what the rest of the file could hold at `min_entry` bytes each.
-    fn count_i64(&mut self, min_entry: u64, what: impl Fn() -> String) -> Result<usize, GgufError> {
-        let n = self.u64(|| format!("header: {}", what()))? as i64;
+    /// A header count (stored as i64), bounded by what the rest of the file could hold at `min_entry` bytes each
+    /// (and by gguf.cpp's cap), so that no allocation sized by it can exceed the file.
+    fn check_count(&self, n: i64, min_entry: u64, what: impl Fn() -> String) -> Result<usize, GgufError> {
         let max = (self.remaining() / min_entry).min(MAX_ARRAY_LEN);
         if n < 0 || n as u64 > max {
             return Err(GgufError::TooMany {
                 what: what(),
                 count: i128::from(n),
                 max,
+                remaining: self.remaining(),
             });
         }
         Ok(n as usize)
@@ -276,6 +281,7 @@ impl<'a> Cursor<'a> {
                 what: format!("array length of key '{key}'"),
                 count: i128::from(count),
                 max,
+                remaining: self.remaining(),
             });
         }
         let n = count as usize;

@@ -86,9 +86,19 @@ fn show(v: &Value, full: bool) -> String {
     match v {
         Value::String(x) => quote(x, full),
         Value::Array(a) => show_array(a, full),
-        Value::F32(x) => x.to_string(),
-        Value::F64(x) => x.to_string(),
+        Value::F32(x) => show_float(f64::from(*x)),
+        Value::F64(x) => show_float(*x),
         v => value_json(v).to_string(),
+    }
+}
+
+/// Floats the way Python prints them: exponent notation when very large or small.
+fn show_float(x: f64) -> String {
+    let a = x.abs();
+    if a != 0.0 && a.is_finite() && !(1e-4..1e16).contains(&a) {
+        format!("{x:e}")
+    } else {
+        x.to_string()
     }
 }
 
