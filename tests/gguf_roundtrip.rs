@@ -215,3 +215,55 @@ fn the_writer_rejects_what_the_reader_would_reject() {
     assert_eq!(write(w), "key 'deep': arrays nested deeper than 64 levels");
     assert!(!path.exists());
 }
+
+/// Measures `smallthinker inspect` on a ~2 GB GGUF with a real-sized tokenizer (151936 tokens): the header is all
+/// it reads, so it takes milliseconds. Opt-in (writes 2 GB): `cargo test --release --test gguf_roundtrip -- --ignored`.
+#[test]
+#[ignore]
+fn inspect_of_a_2gb_file_takes_milliseconds() {
+    use std::time::Instant;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("big.gguf");
+    let mut w = GgufWriter::new();
+    w.add_kv("general.architecture", "smallthinker");
+    w.add_kv(
+        "tokenizer.ggml.tokens",
+        Value::string_array((0..151_936).map(|i| format!("tok{i}")).collect()),
+    );
+    w.add_kv("tokenizer.ggml.token_type", Value::i32_array(vec![1; 151_936]));
+    w.add_kv(
+        "tokenizer.ggml.merges",
+        Value::string_array((0..151_387).map(|i| format!("a{i} b{i}")).collect()),
+    );
+    for il in 0..52 {
+        w.add_tensor(format!("blk.{il}.ffn_up_exps.weight"), &[1536, 768, 32], GgmlType::Q8_0)
+            .unwrap();
+    }
+    let t0 = Instant::now();
+    w.write(&path, |_, t, o| {
+        std::io::copy(&mut std::io::Read::take(std::io::repeat(0), t.size), o).map(|_| ())
+    })
+    .unwrap();
+    let size = std::fs::metadata(&path).unwrap().len();
+    eprintln!("wrote {size} bytes in {:?}", t0.elapsed());
+    assert!(size > 2_000_000_000);
+
+    let t0 = Instant::now();
+    let f = GgufFile::open(&path).unwrap();
+    let open = t0.elapsed();
+    assert_eq!(f.tensors().len(), 52);
+    let t0 = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smallthinker"))
+        .arg("inspect")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let inspect = t0.elapsed();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("(151936 items)"),
+        "long arrays are summarised"
+    );
+    eprintln!("GgufFile::open: {open:?}; smallthinker inspect (process): {inspect:?}");
+    assert!(inspect.as_millis() < 2000, "inspect took {inspect:?}");
+}
