@@ -51,6 +51,7 @@
 #![allow(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod mmap;
 pub mod quant;
 #[rustfmt::skip]
 pub mod sys;
@@ -74,7 +75,6 @@ mod ops;
 mod ops_attn;
 mod ops_shape;
 mod tensor;
-// src/ggml/quant.rs (ggml's quantizers) is declared here as `pub mod quant;` by its owner.
 
 pub use backend::{from_float, vec_dot, vec_dot_type, CpuBackend};
 pub use context::{Context, ContextParams};
