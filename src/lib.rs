@@ -5,3 +5,5 @@
 
 pub mod ggml;
 pub mod gguf;
+pub mod convert;
+pub mod synth;
