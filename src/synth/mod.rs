@@ -47,7 +47,8 @@ pub struct SynthParams {
     pub overrides: Map<String, Value>,
     pub seed: u64,
     pub dtype: SynthDtype,
-    /// Number of shards to aim for; None = one file for tiny, 5 GB shards (HF's default) for the big shapes.
+    /// Exactly this many shards (equal tensor counts); None = one file for tiny, 5 GB shards (HF's default) for
+    /// the big shapes.
     pub shards: Option<usize>,
     /// Store `lm_head.weight` (the released 4B stores it although it is tied; for a tied config it equals the
     /// embedding). False omits it for a tied config.
@@ -216,20 +217,36 @@ fn write_safetensors(path: &Path, tensors: &[&SynthTensor], p: &SynthParams) -> 
     go().map_err(io_err(path))
 }
 
-/// Groups tensors (in order) into shards of at most `limit` bytes each (a tensor never splits).
-fn shard_plan(tensors: &[SynthTensor], dtype: SynthDtype, limit: u64) -> Vec<Vec<&SynthTensor>> {
-    let mut shards: Vec<Vec<&SynthTensor>> = vec![vec![]];
-    let mut size = 0;
-    for t in tensors {
-        let n = t.n_bytes(dtype);
-        if size > 0 && size + n > limit {
-            shards.push(vec![]);
-            size = 0;
+/// Groups tensors (in state-dict order) into shards: `Count(n)` makes exactly n shards of about equal tensor
+/// counts (so a layer's experts straddle shard boundaries, as in real checkpoints); `Bytes(limit)` fills shards up
+/// to `limit` bytes like HF's `max_shard_size` (a tensor never splits).
+fn shard_plan(tensors: &[SynthTensor], dtype: SynthDtype, split: Split) -> Vec<Vec<&SynthTensor>> {
+    match split {
+        Split::Count(n) => {
+            let per = tensors.len().div_ceil(n.clamp(1, tensors.len()));
+            tensors.chunks(per).map(|c| c.iter().collect()).collect()
         }
-        shards.last_mut().expect("non-empty").push(t);
-        size += n;
+        Split::Bytes(limit) => {
+            let mut shards: Vec<Vec<&SynthTensor>> = vec![vec![]];
+            let mut size = 0;
+            for t in tensors {
+                let n = t.n_bytes(dtype);
+                if size > 0 && size + n > limit {
+                    shards.push(vec![]);
+                    size = 0;
+                }
+                shards.last_mut().expect("non-empty").push(t);
+                size += n;
+            }
+            shards
+        }
     }
-    shards
+}
+
+#[derive(Clone, Copy)]
+enum Split {
+    Count(usize),
+    Bytes(u64),
 }
 
 /// Writes a synthetic checkpoint into `out_dir` (created if needed).
@@ -238,12 +255,12 @@ pub fn synth(out_dir: &Path, p: &SynthParams) -> Result<SynthReport, SynthError>
     let cfg = config_with_overrides(p.shape, &p.overrides);
     let tensors = tensor_list(&cfg, p.lm_head)?;
     let total: u64 = tensors.iter().map(|t| t.n_bytes(p.dtype)).sum();
-    let limit = match (p.shards, p.shape) {
-        (Some(n), _) => total.div_ceil(n.max(1) as u64),
-        (None, Shape::Tiny) => u64::MAX,
-        (None, _) => 5_000_000_000,
+    let split = match (p.shards, p.shape) {
+        (Some(n), _) => Split::Count(n),
+        (None, Shape::Tiny) => Split::Count(1),
+        (None, _) => Split::Bytes(5_000_000_000),
     };
-    let shards = shard_plan(&tensors, p.dtype, limit);
+    let shards = shard_plan(&tensors, p.dtype, split);
     let mut files = vec![];
     let cfg_path = out_dir.join("config.json");
     write_json(&cfg_path, &Value::Object(cfg.clone()))?;

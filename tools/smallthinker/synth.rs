@@ -18,7 +18,7 @@ pub struct Args {
     seed: u64,
     #[arg(long, default_value = "bf16")]
     dtype: SynthDtype,
-    /// Split the weights into about this many shards (with model.safetensors.index.json).
+    /// Split the weights into this many shards (with model.safetensors.index.json).
     #[arg(long)]
     shards: Option<usize>,
     /// Do not store lm_head.weight when the config ties embeddings.
