@@ -186,3 +186,22 @@ fn check_layout(n_layer: u64, rope: Option<&[u64]>, swa: Option<&[u64]>, window:
         None => Err(ConvertError::UnsupportedLayout { why: "sliding_window_layout has window layers but sliding_window_size is missing".into() }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_llama_cpp_can_express() {
+        let all = |v: u64, n: usize| vec![v; n];
+        let iswa: Vec<u64> = (0..8).map(|i| u64::from(i % 4 != 0)).collect();
+        assert_eq!(check_layout(8, Some(&all(1, 8)), Some(&all(0, 8)), Some(4096)).unwrap(), None);
+        assert_eq!(check_layout(8, None, None, None).unwrap(), None);
+        assert_eq!(check_layout(8, Some(&iswa), Some(&iswa), Some(4096)).unwrap(), Some(4096));
+        // NoPE without SWA, SWA on layer 0, a window other than 4096, SWA with RoPE everywhere.
+        assert!(check_layout(8, Some(&iswa), Some(&all(0, 8)), Some(4096)).is_err());
+        assert!(check_layout(8, Some(&iswa), Some(&all(1, 8)), Some(4096)).is_err());
+        assert!(check_layout(8, Some(&iswa), Some(&iswa), Some(2048)).is_err());
+        assert!(check_layout(8, Some(&all(1, 8)), Some(&iswa), Some(4096)).is_err());
+    }
+}

@@ -187,3 +187,20 @@ pub fn kvs(dir: &Path, c: &HfConfig, tok: &TokenizerMeta, out: OutType, counts: 
     }
     kv
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_and_size_label_like_gguf_py() {
+        // Values gguf-py produced for the fixtures (tests/fixtures/convert/tiny4b_bf16.json) and for id_to_title.
+        assert_eq!(model_name(Path::new("/x/tiny4b_bf16")), "Tiny4B_Bf16");
+        assert_eq!(model_name(Path::new("/x/smallthinker-4b-v1.2")), "Smallthinker 4b v1.2");
+        assert_eq!(model_name(Path::new("/x/SmallThinker-4BA0.6B-Instruct")), "SmallThinker 4BA0.6B Instruct");
+        let c = ParamCounts { shared: 19_460_000, expert: 49_152, expert_count: 4 };
+        assert_eq!(c.size_label(), "4x20M");
+        let c = ParamCounts { shared: 1_234, expert: 0, expert_count: 0 };
+        assert_eq!(c.size_label(), "1.2K");
+    }
+}
