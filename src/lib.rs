@@ -7,3 +7,5 @@ pub mod ggml;
 pub mod gguf;
 pub mod convert;
 pub mod synth;
+
+pub use ggml::quant;

@@ -34,7 +34,7 @@ pub enum ConvertError {
     #[error("tensor {tensor}: shape {got:?} disagrees with config.json, which implies {expected:?}")]
     ShapeMismatch { tensor: String, expected: Vec<u64>, got: Vec<u64> },
     #[error("tensor {tensor}: {source}")]
-    Quantize { tensor: String, source: super::quant::QuantError },
+    Quantize { tensor: String, source: crate::quant::QuantError },
     #[error("{path}: writing the GGUF failed: {source}")]
     Write { path: PathBuf, source: super::gguf::GgufError },
 }

@@ -11,7 +11,6 @@ mod metadata;
 mod names;
 mod safetensors;
 mod standin_gguf;
-mod standin_quant;
 mod tokenizer;
 mod types;
 
@@ -26,7 +25,7 @@ pub use tokenizer::TokenizerMeta;
 pub use types::{tensor_type, OutType};
 
 use standin_gguf as gguf;
-use standin_quant as quant;
+use crate::quant;
 
 use crate::gguf::GgmlType;
 
