@@ -32,9 +32,18 @@ impl Case {
     }
 
     fn run_to(&self, out: &Path) -> ConvertError {
-        let p = ConvertParams { input: self.hf.clone(), output: out.into(), out_type: OutType::Q8_0, n_threads: 1 };
+        let p = ConvertParams {
+            input: self.hf.clone(),
+            output: out.into(),
+            out_type: OutType::Q8_0,
+            n_threads: 1,
+        };
         let e = convert(&p, &mut |_| {}).expect_err("conversion must fail");
-        assert_eq!(files_in(&self.out_dir), Vec::<String>::new(), "partial output left behind after: {e}");
+        assert_eq!(
+            files_in(&self.out_dir),
+            Vec::<String>::new(),
+            "partial output left behind after: {e}"
+        );
         e
     }
 
@@ -62,7 +71,12 @@ fn a_good_checkpoint_converts() {
     // The baseline the other cases break: without an edit, conversion succeeds and leaves exactly the output.
     let c = case(None);
     let out = c.out_dir.join("m.gguf");
-    let p = ConvertParams { input: c.hf.clone(), output: out.clone(), out_type: OutType::Q8_0, n_threads: 1 };
+    let p = ConvertParams {
+        input: c.hf.clone(),
+        output: out.clone(),
+        out_type: OutType::Q8_0,
+        n_threads: 1,
+    };
     let r = convert(&p, &mut |_| {}).unwrap();
     assert_eq!(r.n_tensors, 4 * 10 + 2); // tied, no lm_head: no output.weight
     assert_eq!(files_in(&c.out_dir), vec!["m.gguf".to_string()]);
@@ -193,7 +207,10 @@ fn unsupported_dtype() {
     write_st(&c.st(), &h, &data);
     let e = c.run();
     assert!(matches!(e, ConvertError::UnsupportedDtype { .. }), "{e}");
-    assert_msg(&e, &["model.layers.0.self_attn.q_proj.weight", "F8_E4M3", "model.safetensors"]);
+    assert_msg(
+        &e,
+        &["model.layers.0.self_attn.q_proj.weight", "F8_E4M3", "model.safetensors"],
+    );
 }
 
 #[test]
@@ -244,7 +261,10 @@ fn index_names_missing_shard() {
     std::fs::remove_file(&shard).unwrap();
     let e = c.run();
     assert!(matches!(e, ConvertError::MissingShard { .. }), "{e}");
-    assert_msg(&e, &["model.safetensors.index.json", "model-00002-of-00003.safetensors"]);
+    assert_msg(
+        &e,
+        &["model.safetensors.index.json", "model-00002-of-00003.safetensors"],
+    );
 }
 
 #[test]
@@ -299,7 +319,11 @@ fn disk_full_leaves_nothing_and_exits_nonzero() {
         c.hf.display(),
         out.display()
     );
-    let o = std::process::Command::new("sh").arg("-c").arg(&script).output().unwrap();
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "must fail under a 4 MiB file-size limit");
     assert!(stderr.contains("m.gguf"), "stderr should name the output: {stderr}");
@@ -311,7 +335,13 @@ fn cli_exit_code_and_message() {
     let c = case(None);
     std::fs::remove_file(c.hf.join("config.json")).unwrap();
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_smallthinker"))
-        .args(["convert", c.hf.to_str().unwrap(), "-o", c.out_dir.join("m.gguf").to_str().unwrap(), "--quiet"])
+        .args([
+            "convert",
+            c.hf.to_str().unwrap(),
+            "-o",
+            c.out_dir.join("m.gguf").to_str().unwrap(),
+            "--quiet",
+        ])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));

@@ -9,7 +9,12 @@ use std::path::Path;
 use smallthinker::synth::{tokenizer_json, Vocab};
 
 fn vendor(name: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("vendor/qwen2-vocab").join(name)).unwrap()
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("vendor/qwen2-vocab")
+            .join(name),
+    )
+    .unwrap()
 }
 
 #[test]

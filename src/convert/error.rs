@@ -20,23 +20,45 @@ pub enum ConvertError {
     #[error("{path}: corrupt safetensors header: {why}")]
     BadSafetensors { path: PathBuf, why: String },
     #[error("{path}: tensor {tensor}: unsupported dtype {dtype} (expected BF16, F16 or F32)")]
-    UnsupportedDtype { path: PathBuf, tensor: String, dtype: String },
+    UnsupportedDtype {
+        path: PathBuf,
+        tensor: String,
+        dtype: String,
+    },
     #[error("{index}: names shard {shard}, which does not exist")]
     MissingShard { index: PathBuf, shard: PathBuf },
     #[error("{index}: tensor {tensor} is listed for {shard} but that shard does not contain it")]
-    IndexMismatch { index: PathBuf, tensor: String, shard: String },
+    IndexMismatch {
+        index: PathBuf,
+        tensor: String,
+        shard: String,
+    },
     #[error("tensor {tensor} appears in both {first} and {second}")]
-    DuplicateTensor { tensor: String, first: PathBuf, second: PathBuf },
+    DuplicateTensor {
+        tensor: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
     #[error("checkpoint has no tensor {tensor} (required by config.json)")]
     MissingTensor { tensor: String },
     #[error("unexpected tensor {tensor} in {path}: no GGUF mapping for it")]
     UnmappedTensor { tensor: String, path: PathBuf },
     #[error("tensor {tensor}: shape {got:?} disagrees with config.json, which implies {expected:?}")]
-    ShapeMismatch { tensor: String, expected: Vec<u64>, got: Vec<u64> },
+    ShapeMismatch {
+        tensor: String,
+        expected: Vec<u64>,
+        got: Vec<u64>,
+    },
     #[error("tensor {tensor}: {source}")]
-    Quantize { tensor: String, source: crate::quant::QuantError },
+    Quantize {
+        tensor: String,
+        source: crate::quant::QuantError,
+    },
     #[error("{path}: writing the GGUF failed: {source}")]
-    Write { path: PathBuf, source: super::gguf::GgufError },
+    Write {
+        path: PathBuf,
+        source: super::gguf::GgufError,
+    },
 }
 
 impl ConvertError {

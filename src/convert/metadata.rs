@@ -31,7 +31,11 @@ impl ParamCounts {
                 shared += size;
             }
         }
-        ParamCounts { shared, expert, expert_count: if n > 0 { sum / n } else { 0 } }
+        ParamCounts {
+            shared,
+            expert,
+            expert_count: sum.checked_div(n).unwrap_or(0),
+        }
     }
 
     /// gguf-py's `size_label`: e.g. "4x4.2M".
@@ -48,7 +52,10 @@ impl ParamCounts {
             (x * 1e-3, "K")
         };
         // Python: max(min_digits - len(str(round(scaled)).lstrip('0')), 0), round() ties to even.
-        let digits = (scaled.round_ties_even() as u64).to_string().trim_start_matches('0').len();
+        let digits = (scaled.round_ties_even() as u64)
+            .to_string()
+            .trim_start_matches('0')
+            .len();
         let fix = 2usize.saturating_sub(digits);
         let pretty = format!("{scaled:.fix$}{suffix}");
         if self.expert_count > 0 {
@@ -80,28 +87,46 @@ fn title(w: &str) -> String {
 /// and finetune; those keys are not written here.
 fn model_name(dir: &Path) -> String {
     let canon = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let id = canon.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    let id = canon
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
     let version_like = |w: &str| {
         w.starts_with(|c: char| c.is_ascii_digit())
-            || (w.starts_with('v') && w[1..].split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
+            || (w.starts_with('v')
+                && w[1..]
+                    .split('.')
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
     };
     let is_lower = |w: &str| w.chars().any(char::is_lowercase) && !w.chars().any(char::is_uppercase);
     id.trim()
         .replace('-', " ")
         .split_whitespace()
-        .map(|w| if is_lower(w) && !version_like(w) { title(w) } else { w.to_string() })
+        .map(|w| {
+            if is_lower(w) && !version_like(w) {
+                title(w)
+            } else {
+                w.to_string()
+            }
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
 
 /// Sampling keys from `generation_config.json` (gguf-py Metadata.load), in its order.
 fn sampling(dir: &Path) -> Vec<(String, Kv)> {
-    let Ok(text) = std::fs::read(dir.join("generation_config.json")) else { return vec![] };
-    let Ok(Value::Object(g)) = serde_json::from_slice::<Value>(&text) else { return vec![] };
+    let Ok(text) = std::fs::read(dir.join("generation_config.json")) else {
+        return vec![];
+    };
+    let Ok(Value::Object(g)) = serde_json::from_slice::<Value>(&text) else {
+        return vec![];
+    };
     let mut out = vec![];
     let f = |v: &Value| v.as_f64().map(|x| Kv::F32(x as f32));
     let i = |v: &Value| v.as_i64().map(|x| Kv::I32(x as i32));
-    let keys: [(&str, &str, &dyn Fn(&Value) -> Option<Kv>); 11] = [
+    // (generation_config key, GGUF key suffix, conversion)
+    type Conv<'a> = &'a dyn Fn(&Value) -> Option<Kv>;
+    let keys: [(&str, &str, Conv); 11] = [
         ("top_k", "top_k", &i),
         ("top_p", "top_p", &f),
         ("min_p", "min_p", &f),
@@ -168,7 +193,10 @@ pub fn kvs(dir: &Path, c: &HfConfig, tok: &TokenizerMeta, out: OutType, counts: 
     kv.push(("tokenizer.ggml.model".into(), Kv::from("gpt2")));
     kv.push(("tokenizer.ggml.pre".into(), Kv::from(tok.pre)));
     kv.push(("tokenizer.ggml.tokens".into(), Kv::string_array(tok.tokens.clone())));
-    kv.push(("tokenizer.ggml.token_type".into(), Kv::i32_array(tok.token_types.clone())));
+    kv.push((
+        "tokenizer.ggml.token_type".into(),
+        Kv::i32_array(tok.token_types.clone()),
+    ));
     kv.push(("tokenizer.ggml.merges".into(), Kv::string_array(tok.merges.clone())));
     for (typ, id) in &tok.special_ids {
         let key = match *typ {
@@ -197,10 +225,21 @@ mod tests {
         // Values gguf-py produced for the fixtures (tests/fixtures/convert/tiny4b_bf16.json) and for id_to_title.
         assert_eq!(model_name(Path::new("/x/tiny4b_bf16")), "Tiny4B_Bf16");
         assert_eq!(model_name(Path::new("/x/smallthinker-4b-v1.2")), "Smallthinker 4b v1.2");
-        assert_eq!(model_name(Path::new("/x/SmallThinker-4BA0.6B-Instruct")), "SmallThinker 4BA0.6B Instruct");
-        let c = ParamCounts { shared: 19_460_000, expert: 49_152, expert_count: 4 };
+        assert_eq!(
+            model_name(Path::new("/x/SmallThinker-4BA0.6B-Instruct")),
+            "SmallThinker 4BA0.6B Instruct"
+        );
+        let c = ParamCounts {
+            shared: 19_460_000,
+            expert: 49_152,
+            expert_count: 4,
+        };
         assert_eq!(c.size_label(), "4x20M");
-        let c = ParamCounts { shared: 1_234, expert: 0, expert_count: 0 };
+        let c = ParamCounts {
+            shared: 1_234,
+            expert: 0,
+            expert_count: 0,
+        };
         assert_eq!(c.size_label(), "1.2K");
     }
 }

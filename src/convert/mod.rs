@@ -24,8 +24,8 @@ pub use safetensors::{Checkpoint, Dtype, SourceTensor};
 pub use tokenizer::TokenizerMeta;
 pub use types::{tensor_type, OutType};
 
-use standin_gguf as gguf;
 use crate::quant;
+use standin_gguf as gguf;
 
 use crate::gguf::GgmlType;
 
@@ -49,7 +49,12 @@ pub enum Progress<'a> {
     /// Conversion starts: this many output tensors, this many output data bytes.
     Start { n_tensors: usize, total_bytes: u64 },
     /// A tensor starts.
-    Tensor { index: usize, name: &'a str, ty: GgmlType, bytes: u64 },
+    Tensor {
+        index: usize,
+        name: &'a str,
+        ty: GgmlType,
+        bytes: u64,
+    },
     /// This many more output bytes were written.
     Bytes(u64),
 }
@@ -91,7 +96,13 @@ pub fn convert(p: &ConvertParams, progress: &mut dyn FnMut(Progress)) -> Result<
 
     let mut w = gguf::GgufWriter::new();
     let n_params: u64 = jobs.iter().map(|j| j.planned.dims.iter().product::<u64>()).sum();
-    let mut kvs = metadata::kvs(&p.input, &cfg, &tok, p.out_type, &metadata::ParamCounts::of(&jobs_view(&jobs), n_params));
+    let mut kvs = metadata::kvs(
+        &p.input,
+        &cfg,
+        &tok,
+        p.out_type,
+        &metadata::ParamCounts::of(&jobs_view(&jobs), n_params),
+    );
     if quantized {
         // llama-quantize copies the KV pairs and then sets these two, which moves them to the end.
         for key in ["general.quantization_version", "general.file_type"] {
@@ -105,10 +116,20 @@ pub fn convert(p: &ConvertParams, progress: &mut dyn FnMut(Progress)) -> Result<
         w.add_kv(&k, v);
     }
     for j in &jobs {
-        w.add_tensor(&j.planned.name, &j.planned.dims, j.ty).map_err(|source| ConvertError::Write { path: p.output.clone(), source })?;
+        w.add_tensor(&j.planned.name, &j.planned.dims, j.ty)
+            .map_err(|source| ConvertError::Write {
+                path: p.output.clone(),
+                source,
+            })?;
     }
-    let total: u64 = jobs.iter().map(|j| j.ty.tensor_bytes(&j.planned.dims).unwrap_or(0)).sum();
-    progress(Progress::Start { n_tensors: jobs.len(), total_bytes: total });
+    let total: u64 = jobs
+        .iter()
+        .map(|j| j.ty.tensor_bytes(&j.planned.dims).unwrap_or(0))
+        .sum();
+    progress(Progress::Start {
+        n_tensors: jobs.len(),
+        total_bytes: total,
+    });
     let n_threads = match p.n_threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -116,13 +137,23 @@ pub fn convert(p: &ConvertParams, progress: &mut dyn FnMut(Progress)) -> Result<
     let mut bufs = Buffers::default();
     let r = w.write(&p.output, |i, info, out: &mut dyn Write| {
         let j = &jobs[i];
-        progress(Progress::Tensor { index: i, name: &j.planned.name, ty: j.ty, bytes: info.size });
+        progress(Progress::Tensor {
+            index: i,
+            name: &j.planned.name,
+            ty: j.ty,
+            bytes: info.size,
+        });
         write_tensor(&ck, j, n_threads, &mut bufs, out, &p.output, progress)
     });
     match r {
         Ok(()) => {}
         Err(gguf::WriteError::Callback(e)) => return Err(e),
-        Err(gguf::WriteError::Gguf(source)) => return Err(ConvertError::Write { path: p.output.clone(), source }),
+        Err(gguf::WriteError::Gguf(source)) => {
+            return Err(ConvertError::Write {
+                path: p.output.clone(),
+                source,
+            })
+        }
     }
     Ok(ConvertReport {
         n_tensors: jobs.len(),
@@ -133,12 +164,18 @@ pub fn convert(p: &ConvertParams, progress: &mut dyn FnMut(Progress)) -> Result<
 
 /// llama-model-loader's `weight_name_comparer` key.
 fn quantize_order(name: &str) -> (i64, &str) {
-    let layer = name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|n| n.parse().ok()).unwrap_or(-1);
+    let layer = name
+        .strip_prefix("blk.")
+        .and_then(|r| r.split('.').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(-1);
     (layer, name)
 }
 
 fn jobs_view(jobs: &[Job]) -> Vec<(&str, &[u64])> {
-    jobs.iter().map(|j| (j.planned.name.as_str(), j.planned.dims.as_slice())).collect()
+    jobs.iter()
+        .map(|j| (j.planned.name.as_str(), j.planned.dims.as_slice()))
+        .collect()
 }
 
 /// Reused scratch buffers (one chunk each).
@@ -175,8 +212,12 @@ fn write_tensor(
                 &b.out
             } else {
                 b.out.resize(n as usize * row_bytes, 0);
-                quant::quantize_parallel(j.ty, &b.f32s, row_len as usize, &mut b.out, n_threads)
-                    .map_err(|source| ConvertError::Quantize { tensor: j.planned.name.clone(), source })?;
+                quant::quantize_parallel(j.ty, &b.f32s, row_len as usize, &mut b.out, n_threads).map_err(|source| {
+                    ConvertError::Quantize {
+                        tensor: j.planned.name.clone(),
+                        source,
+                    }
+                })?;
                 &b.out
             };
             out.write_all(bytes).map_err(ConvertError::io(out_path))?;

@@ -35,7 +35,9 @@ pub struct Planned {
 
 /// Names the converter drops, as llama.cpp's does.
 fn ignored(name: &str) -> bool {
-    name.ends_with(".rotary_emb.inv_freq") || name.ends_with(".attention.masked_bias") || name.ends_with(".attention.bias")
+    name.ends_with(".rotary_emb.inv_freq")
+        || name.ends_with(".attention.masked_bias")
+        || name.ends_with(".attention.bias")
 }
 
 const EXPERT_KINDS: [&str; 3] = ["down", "gate", "up"];
@@ -56,7 +58,10 @@ fn map_name(name: &str, c: &HfConfig) -> Option<Mapped> {
     }
     let rest = name.strip_prefix("model.layers.")?;
     let (il, rest) = rest.split_once('.')?;
-    let il: u64 = il.parse::<u64>().ok().filter(|&i| i < c.n_layer && il == i.to_string())?;
+    let il: u64 = il
+        .parse::<u64>()
+        .ok()
+        .filter(|&i| i < c.n_layer && il == i.to_string())?;
     let q = c.n_head * c.head_dim;
     let kv = c.n_head_kv * c.head_dim;
     let blk = |s: &str| format!("blk.{il}.{s}.weight");
@@ -71,9 +76,18 @@ fn map_name(name: &str, c: &HfConfig) -> Option<Mapped> {
         _ => {
             let e = rest.strip_prefix("block_sparse_moe.experts.")?;
             let (xid, w) = e.split_once('.')?;
-            let xid: u64 = xid.parse::<u64>().ok().filter(|&x| x < c.n_expert && xid == x.to_string())?;
-            let w = EXPERT_KINDS.iter().position(|k| w.strip_suffix(".weight") == Some(*k))?;
-            Some(Mapped::Expert { layer: il, expert: xid, w })
+            let xid: u64 = xid
+                .parse::<u64>()
+                .ok()
+                .filter(|&x| x < c.n_expert && xid == x.to_string())?;
+            let w = EXPERT_KINDS
+                .iter()
+                .position(|k| w.strip_suffix(".weight") == Some(*k))?;
+            Some(Mapped::Expert {
+                layer: il,
+                expert: xid,
+                w,
+            })
         }
     }
 }
@@ -89,7 +103,11 @@ fn expert_shape(c: &HfConfig, w: usize) -> Vec<u64> {
 
 fn check_shape(tensor: &str, got: &[u64], expected: Vec<u64>) -> Result<(), ConvertError> {
     if got != expected.as_slice() {
-        return Err(ConvertError::ShapeMismatch { tensor: tensor.into(), expected, got: got.into() });
+        return Err(ConvertError::ShapeMismatch {
+            tensor: tensor.into(),
+            expected,
+            got: got.into(),
+        });
     }
     Ok(())
 }
@@ -104,13 +122,21 @@ pub fn plan(ck: &Checkpoint, c: &HfConfig) -> Result<Vec<Planned>, ConvertError>
             continue;
         }
         let Some(m) = map_name(&t.name, c) else {
-            return Err(ConvertError::UnmappedTensor { tensor: t.name.clone(), path: ck.files[t.file].0.clone() });
+            return Err(ConvertError::UnmappedTensor {
+                tensor: t.name.clone(),
+                path: ck.files[t.file].0.clone(),
+            });
         };
         match m {
             Mapped::Single { name, kind, shape } => {
                 check_shape(&t.name, &t.shape, shape)?;
                 let dims = t.shape.iter().rev().copied().collect();
-                out.push(Planned { name, dims, kind, sources: vec![i] });
+                out.push(Planned {
+                    name,
+                    dims,
+                    kind,
+                    sources: vec![i],
+                });
             }
             Mapped::Expert { layer, expert, w } => {
                 check_shape(&t.name, &t.shape, expert_shape(c, w))?;
@@ -134,11 +160,22 @@ pub fn plan(ck: &Checkpoint, c: &HfConfig) -> Result<Vec<Planned>, ConvertError>
     }
     // Experts left over: name the first missing one (llama.cpp: "Unprocessed experts").
     if let Some((layer, have)) = experts.iter().next() {
-        let (x, w) = (0..c.n_expert).flat_map(|x| (0..3).map(move |w| (x, w))).find(|k| !have.contains_key(k)).expect("incomplete layer");
-        return Err(ConvertError::MissingTensor { tensor: format!("model.layers.{layer}.block_sparse_moe.experts.{x}.{}.weight", EXPERT_KINDS[w]) });
+        let (x, w) = (0..c.n_expert)
+            .flat_map(|x| (0..3).map(move |w| (x, w)))
+            .find(|k| !have.contains_key(k))
+            .expect("incomplete layer");
+        return Err(ConvertError::MissingTensor {
+            tensor: format!(
+                "model.layers.{layer}.block_sparse_moe.experts.{x}.{}.weight",
+                EXPERT_KINDS[w]
+            ),
+        });
     }
     let have = |n: &str| out.iter().any(|p| p.name == n);
-    let mut required = vec![("token_embd.weight", "model.embed_tokens.weight".to_string()), ("output_norm.weight", "model.norm.weight".into())];
+    let mut required = vec![
+        ("token_embd.weight", "model.embed_tokens.weight".to_string()),
+        ("output_norm.weight", "model.norm.weight".into()),
+    ];
     if !c.tied {
         required.push(("output.weight", "lm_head.weight".into()));
     }
@@ -159,11 +196,15 @@ pub fn plan(ck: &Checkpoint, c: &HfConfig) -> Result<Vec<Planned>, ConvertError>
         ];
         for (g, hf) in per_layer {
             if !have(&format!("blk.{il}.{g}.weight")) {
-                return Err(ConvertError::MissingTensor { tensor: format!("model.layers.{il}.{hf}.weight") });
+                return Err(ConvertError::MissingTensor {
+                    tensor: format!("model.layers.{il}.{hf}.weight"),
+                });
             }
         }
         if !have(&format!("blk.{il}.ffn_down_exps.weight")) {
-            return Err(ConvertError::MissingTensor { tensor: format!("model.layers.{il}.block_sparse_moe.experts.0.down.weight") });
+            return Err(ConvertError::MissingTensor {
+                tensor: format!("model.layers.{il}.block_sparse_moe.experts.0.down.weight"),
+            });
         }
     }
     Ok(out)

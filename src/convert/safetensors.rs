@@ -63,17 +63,24 @@ pub struct Checkpoint {
 }
 
 fn bad(path: &Path, why: impl Into<String>) -> ConvertError {
-    ConvertError::BadSafetensors { path: path.into(), why: why.into() }
+    ConvertError::BadSafetensors {
+        path: path.into(),
+        why: why.into(),
+    }
 }
 
 /// Parses and validates one safetensors header; returns the tensors sorted by name.
 pub fn read_header(path: &Path, file: &File, file_index: usize) -> Result<Vec<SourceTensor>, ConvertError> {
     let file_len = file.metadata().map_err(ConvertError::io(path))?.len();
     let mut len8 = [0u8; 8];
-    file.read_exact_at(&mut len8, 0).map_err(|_| bad(path, format!("file is {file_len} bytes, too short for a header")))?;
+    file.read_exact_at(&mut len8, 0)
+        .map_err(|_| bad(path, format!("file is {file_len} bytes, too short for a header")))?;
     let n = u64::from_le_bytes(len8);
     if n > MAX_HEADER || 8 + n > file_len {
-        return Err(bad(path, format!("header length {n} does not fit in the {file_len}-byte file")));
+        return Err(bad(
+            path,
+            format!("header length {n} does not fit in the {file_len}-byte file"),
+        ));
     }
     let mut buf = vec![0u8; n as usize];
     file.read_exact_at(&mut buf, 8).map_err(ConvertError::io(path))?;
@@ -92,7 +99,11 @@ pub fn read_header(path: &Path, file: &File, file_index: usize) -> Result<Vec<So
             Some("F16") => Dtype::F16,
             Some("F32") => Dtype::F32,
             Some(other) => {
-                return Err(ConvertError::UnsupportedDtype { path: path.into(), tensor: name.clone(), dtype: other.into() })
+                return Err(ConvertError::UnsupportedDtype {
+                    path: path.into(),
+                    tensor: name.clone(),
+                    dtype: other.into(),
+                })
             }
             None => return Err(bad(path, format!("tensor {name}: dtype is not a string"))),
         };
@@ -112,7 +123,13 @@ pub fn read_header(path: &Path, file: &File, file_index: usize) -> Result<Vec<So
                 format!("tensor {name}: data_offsets {offs:?} do not fit shape {shape:?} in {data_len} data bytes"),
             ));
         }
-        out.push(SourceTensor { name: name.clone(), dtype, shape, file: file_index, start: data_start + offs[0] });
+        out.push(SourceTensor {
+            name: name.clone(),
+            dtype,
+            shape,
+            file: file_index,
+            start: data_start + offs[0],
+        });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
@@ -121,7 +138,10 @@ pub fn read_header(path: &Path, file: &File, file_index: usize) -> Result<Vec<So
 fn open(path: &Path) -> Result<File, ConvertError> {
     File::open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => ConvertError::MissingFile { path: path.into() },
-        _ => ConvertError::Io { path: path.into(), source: e },
+        _ => ConvertError::Io {
+            path: path.into(),
+            source: e,
+        },
     })
 }
 
@@ -132,12 +152,18 @@ impl Checkpoint {
         let mut weight_map: Option<HashMap<String, String>> = None;
         let names: Vec<String> = if index.is_file() {
             let text = std::fs::read(&index).map_err(ConvertError::io(&index))?;
-            let v: Value = serde_json::from_slice(&text).map_err(|source| ConvertError::Json { path: index.clone(), source })?;
-            let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| ConvertError::BadKey {
+            let v: Value = serde_json::from_slice(&text).map_err(|source| ConvertError::Json {
                 path: index.clone(),
-                key: "weight_map".into(),
-                why: "missing or not an object".into(),
+                source,
             })?;
+            let map = v
+                .get("weight_map")
+                .and_then(Value::as_object)
+                .ok_or_else(|| ConvertError::BadKey {
+                    path: index.clone(),
+                    key: "weight_map".into(),
+                    why: "missing or not an object".into(),
+                })?;
             let mut wm = HashMap::new();
             for (t, f) in map {
                 let f = f.as_str().ok_or_else(|| ConvertError::BadKey {
@@ -146,7 +172,11 @@ impl Checkpoint {
                     why: "not a file name".into(),
                 })?;
                 if f.contains('/') || f.contains("..") {
-                    return Err(ConvertError::BadKey { path: index.clone(), key: format!("weight_map.{t}"), why: format!("{f:?} is not a file in the model directory") });
+                    return Err(ConvertError::BadKey {
+                        path: index.clone(),
+                        key: format!("weight_map.{t}"),
+                        why: format!("{f:?} is not a file in the model directory"),
+                    });
                 }
                 wm.insert(t.clone(), f.to_string());
             }
@@ -163,7 +193,9 @@ impl Checkpoint {
                 .collect();
             v.sort();
             if v.is_empty() {
-                return Err(ConvertError::MissingFile { path: dir.join("model.safetensors") });
+                return Err(ConvertError::MissingFile {
+                    path: dir.join("model.safetensors"),
+                });
             }
             v
         };
@@ -174,20 +206,30 @@ impl Checkpoint {
             let path = dir.join(name);
             let f = match open(&path) {
                 Err(ConvertError::MissingFile { path }) if weight_map.is_some() => {
-                    return Err(ConvertError::MissingShard { index: index.clone(), shard: path })
+                    return Err(ConvertError::MissingShard {
+                        index: index.clone(),
+                        shard: path,
+                    })
                 }
                 r => r?,
             };
             for t in read_header(&path, &f, i)? {
                 if let Some(&j) = seen.get(&t.name) {
-                    return Err(ConvertError::DuplicateTensor { tensor: t.name, first: dir.join(&names[j]), second: path });
+                    return Err(ConvertError::DuplicateTensor {
+                        tensor: t.name,
+                        first: dir.join(&names[j]),
+                        second: path,
+                    });
                 }
                 if let Some(wm) = &weight_map {
                     if wm.get(&t.name) != Some(name) {
                         return Err(ConvertError::IndexMismatch {
                             index: index.clone(),
                             tensor: t.name.clone(),
-                            shard: wm.get(&t.name).cloned().unwrap_or_else(|| format!("(unlisted; found in {name})")),
+                            shard: wm
+                                .get(&t.name)
+                                .cloned()
+                                .unwrap_or_else(|| format!("(unlisted; found in {name})")),
                         });
                     }
                 }
@@ -200,7 +242,11 @@ impl Checkpoint {
             let mut missing: Vec<_> = wm.iter().filter(|(t, _)| !seen.contains_key(*t)).collect();
             missing.sort();
             if let Some((t, f)) = missing.first() {
-                return Err(ConvertError::IndexMismatch { index, tensor: (*t).clone(), shard: (*f).clone() });
+                return Err(ConvertError::IndexMismatch {
+                    index,
+                    tensor: (*t).clone(),
+                    shard: (*f).clone(),
+                });
             }
         }
         Ok(Checkpoint { files, tensors })
@@ -221,13 +267,23 @@ impl Checkpoint {
         let es = t.dtype.size();
         let n = (n_rows * row_len) as usize;
         raw.resize(n * es as usize, 0);
-        file.read_exact_at(raw, t.start + row * row_len * es).map_err(ConvertError::io(path))?;
+        file.read_exact_at(raw, t.start + row * row_len * es)
+            .map_err(ConvertError::io(path))?;
         out.clear();
         out.reserve(n);
         match t.dtype {
-            Dtype::F32 => out.extend(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
-            Dtype::F16 => out.extend(raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())),
-            Dtype::Bf16 => out.extend(raw.chunks_exact(2).map(|b| f32::from_bits((u32::from(b[0]) << 16 | u32::from(b[1]) << 24) as u32))),
+            Dtype::F32 => out.extend(
+                raw.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            ),
+            Dtype::F16 => out.extend(
+                raw.chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+            ),
+            Dtype::Bf16 => out.extend(
+                raw.chunks_exact(2)
+                    .map(|b| f32::from_bits(u32::from(b[0]) << 16 | u32::from(b[1]) << 24)),
+            ),
         }
         Ok(())
     }

@@ -146,8 +146,16 @@ impl GgufWriter {
         self.kv.push((key.into(), v.into()));
     }
     pub fn add_tensor(&mut self, name: &str, dims: &[u64], ty: GgmlType) -> Result<(), GgufError> {
-        let size = ty.tensor_bytes(dims).ok_or_else(|| GgufError::Invalid(format!("{name}: bad dims")))?;
-        self.tensors.push(TensorInfo { name: name.into(), dims: dims.into(), ty, offset: self.next, size });
+        let size = ty
+            .tensor_bytes(dims)
+            .ok_or_else(|| GgufError::Invalid(format!("{name}: bad dims")))?;
+        self.tensors.push(TensorInfo {
+            name: name.into(),
+            dims: dims.into(),
+            ty,
+            offset: self.next,
+            size,
+        });
         self.next += size.div_ceil(32) * 32;
         Ok(())
     }
@@ -185,7 +193,10 @@ impl GgufWriter {
                 let mut c = Counter { inner: &mut w, n: 0 };
                 f(i, t, &mut c).map_err(WriteError::Callback)?;
                 if c.n != t.size {
-                    return Err(WriteError::Gguf(GgufError::Invalid(format!("{}: wrote {} of {}", t.name, c.n, t.size))));
+                    return Err(WriteError::Gguf(GgufError::Invalid(format!(
+                        "{}: wrote {} of {}",
+                        t.name, c.n, t.size
+                    ))));
                 }
                 let pad = (t.size.div_ceil(32) * 32 - t.size) as usize;
                 w.write_all(&vec![0; pad]).map_err(|e| WriteError::Gguf(e.into()))?;

@@ -10,7 +10,8 @@ use super::config::HfConfig;
 use super::error::ConvertError;
 
 /// Qwen2's pre-tokenizer split pattern; the only pre-tokenizer this converter recognises.
-pub const QWEN2_SPLIT_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub const QWEN2_SPLIT_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Token types (`enum llama_token_type`).
 const NORMAL: i32 = 1;
@@ -35,13 +36,23 @@ pub struct TokenizerMeta {
 fn read_json(path: &Path) -> Result<Value, ConvertError> {
     let text = std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => ConvertError::MissingFile { path: path.into() },
-        _ => ConvertError::Io { path: path.into(), source: e },
+        _ => ConvertError::Io {
+            path: path.into(),
+            source: e,
+        },
     })?;
-    serde_json::from_slice(&text).map_err(|source| ConvertError::Json { path: path.into(), source })
+    serde_json::from_slice(&text).map_err(|source| ConvertError::Json {
+        path: path.into(),
+        source,
+    })
 }
 
 fn key_err(path: &Path, key: &str, why: impl Into<String>) -> ConvertError {
-    ConvertError::BadKey { path: path.into(), key: key.into(), why: why.into() }
+    ConvertError::BadKey {
+        path: path.into(),
+        key: key.into(),
+        why: why.into(),
+    }
 }
 
 /// llama.cpp's `does_token_look_special`, for the tokens that matter here.
@@ -66,7 +77,11 @@ fn pre_tokenizer(path: &Path, tok: &Value) -> Result<&'static str, ConvertError>
         && steps[1]["type"] == "ByteLevel"
         && steps[1]["use_regex"] == false;
     if !ok {
-        return Err(key_err(path, "pre_tokenizer", "not the Qwen2 pre-tokenizer (the only one SmallThinker uses)"));
+        return Err(key_err(
+            path,
+            "pre_tokenizer",
+            "not the Qwen2 pre-tokenizer (the only one SmallThinker uses)",
+        ));
     }
     Ok("qwen2")
 }
@@ -78,15 +93,30 @@ impl TokenizerMeta {
         let tok = read_json(&tok_path)?;
         let model = &tok["model"];
         if model["type"] != "BPE" {
-            return Err(key_err(&tok_path, "model.type", format!("{} is not BPE", model["type"])));
+            return Err(key_err(
+                &tok_path,
+                "model.type",
+                format!("{} is not BPE", model["type"]),
+            ));
         }
         let pre = pre_tokenizer(&tok_path, &tok)?;
-        let vocab = model["vocab"].as_object().ok_or_else(|| key_err(&tok_path, "model.vocab", "missing or not an object"))?;
+        let vocab = model["vocab"]
+            .as_object()
+            .ok_or_else(|| key_err(&tok_path, "model.vocab", "missing or not an object"))?;
         let n_vocab = cfg.n_vocab as usize;
         let mut by_id: Vec<Option<(String, i32)>> = vec![None; n_vocab];
         let mut put = |id: &Value, s: &str, ty: i32, key: &str| -> Result<(), ConvertError> {
-            let id = id.as_u64().ok_or_else(|| key_err(&tok_path, key, format!("id of {s:?} is not an integer")))? as usize;
-            let slot = by_id.get_mut(id).ok_or_else(|| key_err(&tok_path, key, format!("id {id} of {s:?} is not below vocab_size {n_vocab}")))?;
+            let id = id
+                .as_u64()
+                .ok_or_else(|| key_err(&tok_path, key, format!("id of {s:?} is not an integer")))?
+                as usize;
+            let slot = by_id.get_mut(id).ok_or_else(|| {
+                key_err(
+                    &tok_path,
+                    key,
+                    format!("id {id} of {s:?} is not below vocab_size {n_vocab}"),
+                )
+            })?;
             *slot = Some((s.to_string(), ty));
             Ok(())
         };
@@ -95,9 +125,15 @@ impl TokenizerMeta {
         }
         let added = tok["added_tokens"].as_array().cloned().unwrap_or_default();
         for a in &added {
-            let content = a["content"].as_str().ok_or_else(|| key_err(&tok_path, "added_tokens", "content is not a string"))?;
+            let content = a["content"]
+                .as_str()
+                .ok_or_else(|| key_err(&tok_path, "added_tokens", "content is not a string"))?;
             let special = a["special"].as_bool().unwrap_or(false);
-            let ty = if special || looks_special(content) { CONTROL } else { USER_DEFINED };
+            let ty = if special || looks_special(content) {
+                CONTROL
+            } else {
+                USER_DEFINED
+            };
             put(&a["id"], content, ty, "added_tokens")?;
         }
         let (mut tokens, mut token_types) = (Vec::with_capacity(n_vocab), Vec::with_capacity(n_vocab));
@@ -116,7 +152,11 @@ impl TokenizerMeta {
             add_special = vec![("bos", false), ("eos", false)];
         }
         let tc_path = dir.join("tokenizer_config.json");
-        let tc = if tc_path.is_file() { read_json(&tc_path)? } else { Value::Object(Map::new()) };
+        let tc = if tc_path.is_file() {
+            read_json(&tc_path)?
+        } else {
+            Value::Object(Map::new())
+        };
         let mut special_ids: Vec<(&'static str, u32)> = vec![];
         let types = ["bos", "eos", "unk", "sep", "pad", "cls", "mask"];
         let added_ids: HashMap<&str, u64> = added
@@ -145,7 +185,11 @@ impl TokenizerMeta {
             }
         }
         for typ in types {
-            set(typ, cfg.raw.get(&format!("{typ}_token_id")).and_then(Value::as_u64), &mut special_ids);
+            set(
+                typ,
+                cfg.raw.get(&format!("{typ}_token_id")).and_then(Value::as_u64),
+                &mut special_ids,
+            );
         }
         let chat_template = match tc.get("chat_template") {
             Some(Value::String(s)) => Some(s.clone()),
@@ -157,14 +201,31 @@ impl TokenizerMeta {
                     None
                 }
             }
-            Some(_) => return Err(key_err(&tc_path, "chat_template", "not a string (template lists are not supported)")),
+            Some(_) => {
+                return Err(key_err(
+                    &tc_path,
+                    "chat_template",
+                    "not a string (template lists are not supported)",
+                ))
+            }
         };
-        Ok(TokenizerMeta { pre, tokens, token_types, merges, special_ids, add_special, chat_template })
+        Ok(TokenizerMeta {
+            pre,
+            tokens,
+            token_types,
+            merges,
+            special_ids,
+            add_special,
+            chat_template,
+        })
     }
 }
 
 fn merges(path: &Path, m: &Value) -> Result<Vec<String>, ConvertError> {
-    let list = m.as_array().filter(|a| !a.is_empty()).ok_or_else(|| key_err(path, "model.merges", "missing or empty"))?;
+    let list = m
+        .as_array()
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| key_err(path, "model.merges", "missing or empty"))?;
     list.iter()
         .map(|e| match e {
             Value::String(s) => Some(s.clone()),

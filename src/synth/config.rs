@@ -92,7 +92,9 @@ pub fn config_with_overrides(shape: Shape, overrides: &Map<String, Value>) -> Ma
     }
     let n_layer = c.get("num_hidden_layers").and_then(Value::as_u64).unwrap_or(0) as usize;
     for key in ["rope_layout", "sliding_window_layout"] {
-        let Some(Value::Array(old)) = c.get(key).cloned() else { continue };
+        let Some(Value::Array(old)) = c.get(key).cloned() else {
+            continue;
+        };
         if overrides.contains_key(key) || old.len() == n_layer || base_layers == 0 {
             // An override of a period shorter than the layer count is repeated (e.g. [0,1,1,1]).
             if overrides.contains_key(key) && !old.is_empty() && old.len() < n_layer {

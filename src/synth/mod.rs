@@ -85,7 +85,10 @@ enum Init {
 }
 
 fn get_u64(c: &Map<String, Value>, key: &'static str) -> Result<u64, SynthError> {
-    c.get(key).and_then(Value::as_u64).ok_or_else(|| SynthError::Config { key, why: "missing or not an integer".into() })
+    c.get(key).and_then(Value::as_u64).ok_or_else(|| SynthError::Config {
+        key,
+        why: "missing or not an integer".into(),
+    })
 }
 
 /// The tensors of a config, in state-dict order (embedding, layers, final norm, lm_head).
@@ -99,8 +102,16 @@ pub fn tensor_list(c: &Map<String, Value>, lm_head: bool) -> Result<Vec<SynthTen
     let n_expert = get_u64(c, "moe_num_primary_experts")?;
     let n_ff = get_u64(c, "moe_ffn_hidden_size")?;
     let tied = c.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(true);
-    let m = |name: String, shape: Vec<u64>| SynthTensor { name, shape, kind: Init::Matrix("") };
-    let norm = |name: String| SynthTensor { name, shape: vec![h], kind: Init::Norm };
+    let m = |name: String, shape: Vec<u64>| SynthTensor {
+        name,
+        shape,
+        kind: Init::Matrix(""),
+    };
+    let norm = |name: String| SynthTensor {
+        name,
+        shape: vec![h],
+        kind: Init::Norm,
+    };
     let mut v = vec![m("model.embed_tokens.weight".into(), vec![n_vocab, h])];
     for il in 0..n_layer {
         let p = format!("model.layers.{il}");
@@ -110,7 +121,10 @@ pub fn tensor_list(c: &Map<String, Value>, lm_head: bool) -> Result<Vec<SynthTen
         v.push(m(format!("{p}.self_attn.v_proj.weight"), vec![n_kv * hd, h]));
         v.push(m(format!("{p}.self_attn.o_proj.weight"), vec![h, n_head * hd]));
         v.push(norm(format!("{p}.post_attention_layernorm.weight")));
-        v.push(m(format!("{p}.block_sparse_moe.primary_router.weight"), vec![n_expert, h]));
+        v.push(m(
+            format!("{p}.block_sparse_moe.primary_router.weight"),
+            vec![n_expert, h],
+        ));
         for e in 0..n_expert {
             let q = format!("{p}.block_sparse_moe.experts.{e}");
             v.push(m(format!("{q}.gate.weight"), vec![n_ff, h]));
@@ -121,13 +135,19 @@ pub fn tensor_list(c: &Map<String, Value>, lm_head: bool) -> Result<Vec<SynthTen
     v.push(norm("model.norm.weight".into()));
     if lm_head || !tied {
         let kind = Init::Matrix(if tied { "model.embed_tokens.weight" } else { "" });
-        v.push(SynthTensor { name: "lm_head.weight".into(), shape: vec![n_vocab, h], kind });
+        v.push(SynthTensor {
+            name: "lm_head.weight".into(),
+            shape: vec![n_vocab, h],
+            kind,
+        });
     }
     Ok(v)
 }
 
 fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 impl SynthTensor {
@@ -177,13 +197,19 @@ pub struct SynthReport {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SynthError + '_ {
-    move |source| SynthError::Io { path: path.into(), source }
+    move |source| SynthError::Io {
+        path: path.into(),
+        source,
+    }
 }
 
 fn write_json(path: &Path, v: &Value) -> Result<(), SynthError> {
     let f = File::create(path).map_err(io_err(path))?;
     let mut w = BufWriter::new(f);
-    serde_json::to_writer_pretty(&mut w, v).map_err(|e| SynthError::Io { path: path.into(), source: e.into() })?;
+    serde_json::to_writer_pretty(&mut w, v).map_err(|e| SynthError::Io {
+        path: path.into(),
+        source: e.into(),
+    })?;
     w.write_all(b"\n").and_then(|_| w.flush()).map_err(io_err(path))
 }
 
@@ -197,7 +223,10 @@ fn write_safetensors(path: &Path, tensors: &[&SynthTensor], p: &SynthParams) -> 
     let mut off = 0u64;
     for t in &sorted {
         let end = off + t.n_bytes(p.dtype);
-        header.insert(t.name.clone(), json!({"dtype": dtype, "shape": t.shape, "data_offsets": [off, end]}));
+        header.insert(
+            t.name.clone(),
+            json!({"dtype": dtype, "shape": t.shape, "data_offsets": [off, end]}),
+        );
         off = end;
     }
     let mut h = serde_json::to_vec(&Value::Object(header)).expect("JSON of plain values");
@@ -281,7 +310,10 @@ pub fn synth(out_dir: &Path, p: &SynthParams) -> Result<SynthReport, SynthError>
             files.push(path);
         }
         let path = out_dir.join("model.safetensors.index.json");
-        write_json(&path, &json!({"metadata": {"total_size": total}, "weight_map": weight_map}))?;
+        write_json(
+            &path,
+            &json!({"metadata": {"total_size": total}, "weight_map": weight_map}),
+        )?;
         files.push(path);
     }
     let vocab = Vocab::load(&p.vocab_gguf)?;
@@ -299,5 +331,9 @@ pub fn synth(out_dir: &Path, p: &SynthParams) -> Result<SynthReport, SynthError>
         write_json(&path, &doc)?;
         files.push(path);
     }
-    Ok(SynthReport { files, n_tensors: tensors.len(), n_bytes: total })
+    Ok(SynthReport {
+        files,
+        n_tensors: tensors.len(),
+        n_bytes: total,
+    })
 }

@@ -19,7 +19,15 @@ impl Rng {
     /// A generator whose whole stream is fixed by `seed`.
     pub fn new(seed: u64) -> Rng {
         let mut x = seed;
-        Rng { s: [splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x)], spare: None }
+        Rng {
+            s: [
+                splitmix64(&mut x),
+                splitmix64(&mut x),
+                splitmix64(&mut x),
+                splitmix64(&mut x),
+            ],
+            spare: None,
+        }
     }
 
     /// The next 64 random bits.
@@ -60,7 +68,10 @@ mod tests {
     #[test]
     fn same_seed_same_stream_and_normal_moments() {
         let (mut a, mut b) = (Rng::new(7), Rng::new(7));
-        assert_eq!((0..8).map(|_| a.next_u64()).collect::<Vec<_>>(), (0..8).map(|_| b.next_u64()).collect::<Vec<_>>());
+        assert_eq!(
+            (0..8).map(|_| a.next_u64()).collect::<Vec<_>>(),
+            (0..8).map(|_| b.next_u64()).collect::<Vec<_>>()
+        );
         assert_ne!(Rng::new(7).next_u64(), Rng::new(8).next_u64());
         let mut r = Rng::new(1);
         let xs: Vec<f32> = (0..200_000).map(|_| r.normal()).collect();

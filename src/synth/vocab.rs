@@ -90,7 +90,11 @@ fn read_value(c: &mut Cursor, ty: u32) -> Option<Kv> {
                 }
                 5 => {
                     let raw = c.take(n.checked_mul(4)?)?;
-                    Some(Kv::I32s(raw.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap())).collect()))
+                    Some(Kv::I32s(
+                        raw.chunks_exact(4)
+                            .map(|b| i32::from_le_bytes(b.try_into().unwrap()))
+                            .collect(),
+                    ))
                 }
                 _ => {
                     c.take(n.checked_mul(scalar_size(ety)?)?)?;
@@ -108,8 +112,14 @@ fn read_value(c: &mut Cursor, ty: u32) -> Option<Kv> {
 impl Vocab {
     /// Reads tokens, token types, merges and the chat template of a vocab GGUF.
     pub fn load(path: &Path) -> Result<Vocab, VocabError> {
-        let buf = std::fs::read(path).map_err(|source| VocabError::Io { path: path.into(), source })?;
-        let bad = |what: &str| VocabError::Format { path: path.into(), what: what.into() };
+        let buf = std::fs::read(path).map_err(|source| VocabError::Io {
+            path: path.into(),
+            source,
+        })?;
+        let bad = |what: &str| VocabError::Format {
+            path: path.into(),
+            what: what.into(),
+        };
         let mut c = Cursor { buf: &buf, pos: 0 };
         if c.take(4) != Some(b"GGUF".as_slice()) || c.u32() != Some(3) {
             return Err(bad("magic/version"));

@@ -12,8 +12,18 @@ pub fn vocab_gguf() -> PathBuf {
 
 /// A tiny synthetic checkpoint in `dir`.
 pub fn tiny(dir: &Path, seed: u64, dtype: SynthDtype, shards: Option<usize>, lm_head: bool, config: Value) {
-    let Value::Object(overrides) = config else { panic!("config must be an object") };
-    let p = SynthParams { shape: Shape::Tiny, overrides, seed, dtype, shards, lm_head, vocab_gguf: vocab_gguf() };
+    let Value::Object(overrides) = config else {
+        panic!("config must be an object")
+    };
+    let p = SynthParams {
+        shape: Shape::Tiny,
+        overrides,
+        seed,
+        dtype,
+        shards,
+        lm_head,
+        vocab_gguf: vocab_gguf(),
+    };
     synth(dir, &p).expect("synth");
 }
 
@@ -39,7 +49,10 @@ pub fn write_st(path: &Path, h: &Map<String, Value>, data: &[u8]) {
 
 /// Files left in a directory (to check that no partial output remains).
 pub fn files_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     v.sort();
     v
 }

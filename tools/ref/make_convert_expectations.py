@@ -96,7 +96,12 @@ def main():
             cmd += ["--no-lm-head"]
         subprocess.run(cmd, check=True)
         out = {"case": case["name"], "outputs": {}}
-        for ty in cases["types"]:
+        types = case.get("types", cases["types"])
+        if any(t.startswith("q4_0") for t in types) and not (hf.parent / "f32.gguf").exists():
+            # llama-quantize starts from the converter's F32 output.
+            subprocess.run([sys.executable, str(a.llama_cpp / "convert_hf_to_gguf.py"), str(hf), "--outtype", "f32",
+                            "--outfile", str(hf.parent / "f32.gguf")], check=True, env=env, stdout=subprocess.DEVNULL)
+        for ty in types:
             dst = hf.parent / f"{ty}.gguf"
             if ty in ("f32", "f16", "bf16", "q8_0"):
                 subprocess.run([sys.executable, str(a.llama_cpp / "convert_hf_to_gguf.py"), str(hf), "--outtype", ty,

@@ -25,13 +25,22 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let t0 = Instant::now();
-    let bar = if a.quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    let bar = if a.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
     bar.set_style(
         ProgressStyle::with_template("{msg:40} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}")
             .expect("static template")
             .progress_chars("=> "),
     );
-    let params = ConvertParams { input: a.hf_dir, output: a.output.clone(), out_type: a.out_type, n_threads: a.threads };
+    let params = ConvertParams {
+        input: a.hf_dir,
+        output: a.output.clone(),
+        out_type: a.out_type,
+        n_threads: a.threads,
+    };
     let report = convert(&params, &mut |p| match p {
         Progress::Start { total_bytes, .. } => bar.set_length(total_bytes),
         Progress::Tensor { index, name, ty, .. } => bar.set_message(format!("[{index}] {name} {ty}")),

@@ -47,6 +47,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         vocab_gguf: a.vocab,
     };
     let r = synth(&a.out_dir, &params)?;
-    eprintln!("wrote {} tensors, {} bytes of weights, {} files to {}", r.n_tensors, r.n_bytes, r.files.len(), a.out_dir.display());
+    eprintln!(
+        "wrote {} tensors, {} bytes of weights, {} files to {}",
+        r.n_tensors,
+        r.n_bytes,
+        r.files.len(),
+        a.out_dir.display()
+    );
     Ok(())
 }
