@@ -54,10 +54,16 @@ pub enum ConvertError {
         tensor: String,
         source: crate::quant::QuantError,
     },
+    #[error("tensor {tensor}: produced {written} bytes, the GGUF needs {expected} (internal error)")]
+    WrongSize {
+        tensor: String,
+        expected: u64,
+        written: u64,
+    },
     #[error("{path}: writing the GGUF failed: {source}")]
     Write {
         path: PathBuf,
-        source: super::gguf::GgufError,
+        source: crate::gguf::GgufError,
     },
 }
 

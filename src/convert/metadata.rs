@@ -5,9 +5,9 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::config::HfConfig;
-use super::gguf::Value as Kv;
 use super::tokenizer::TokenizerMeta;
 use super::types::OutType;
+use crate::gguf::Value as Kv;
 
 /// Parameter counts as gguf-py's `get_total_parameter_count` makes them (for `general.size_label`).
 pub struct ParamCounts {

@@ -10,7 +10,6 @@ mod error;
 mod metadata;
 mod names;
 mod safetensors;
-mod standin_gguf;
 mod tokenizer;
 mod types;
 
@@ -25,9 +24,8 @@ pub use tokenizer::TokenizerMeta;
 pub use types::{tensor_type, OutType};
 
 use crate::quant;
-use standin_gguf as gguf;
 
-use crate::gguf::GgmlType;
+use crate::gguf::{self, GgmlType};
 
 /// Source elements converted per step: 16 Mi f32 = 64 MiB of f32, whatever the tensor size.
 const CHUNK_ELEMS: u64 = 16 << 20;
@@ -147,11 +145,22 @@ pub fn convert(p: &ConvertParams, progress: &mut dyn FnMut(Progress)) -> Result<
     });
     match r {
         Ok(()) => {}
-        Err(gguf::WriteError::Callback(e)) => return Err(e),
+        Err(gguf::WriteError::Data { error, .. }) => return Err(error),
         Err(gguf::WriteError::Gguf(source)) => {
             return Err(ConvertError::Write {
                 path: p.output.clone(),
                 source,
+            })
+        }
+        Err(gguf::WriteError::SizeMismatch {
+            tensor,
+            expected,
+            written,
+        }) => {
+            return Err(ConvertError::WrongSize {
+                tensor,
+                expected,
+                written,
             })
         }
     }

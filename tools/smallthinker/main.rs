@@ -1,11 +1,19 @@
-//! `smallthinker`: the command-line front end. Each subcommand lives in its own module; this file only dispatches.
+//! `smallthinker`: the project's command-line tool. Each subcommand lives in its own module; this file only
+//! parses the command line and dispatches.
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 
 mod convert;
+mod inspect;
 mod synth;
 
 #[derive(Parser)]
-#[command(name = "smallthinker", version, about = "SmallThinker toolchain on a vendored ggml")]
+#[command(
+    name = "smallthinker",
+    version,
+    about = "SmallThinker inference engine and GGUF toolchain"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -15,13 +23,35 @@ struct Cli {
 enum Command {
     /// Convert an HF SmallThinker checkpoint to GGUF.
     Convert(convert::Args),
+    /// Print a GGUF file's metadata and tensor table (like gguf-dump).
+    Inspect(inspect::InspectArgs),
     /// Write a random-weight HF-format SmallThinker checkpoint (for tests and benchmarks).
     Synth(synth::Args),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
         Command::Convert(args) => convert::run(args),
+        Command::Inspect(args) => inspect::run(&args),
         Command::Synth(args) => synth::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Names and keys from a corrupt file can hold control characters: escape them, keep the rest readable.
+            let msg: String = format!("{e:#}")
+                .chars()
+                .map(|c| {
+                    if c.is_control() {
+                        c.escape_default().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect();
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
     }
 }
