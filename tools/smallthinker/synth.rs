@@ -2,6 +2,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
+use smallthinker::convert::{convert, ConvertParams, OutType};
 use smallthinker::synth::{synth, Shape, SynthDtype, SynthParams};
 
 #[derive(clap::Args)]
@@ -24,6 +25,12 @@ pub struct Args {
     /// Do not store lm_head.weight when the config ties embeddings.
     #[arg(long)]
     no_lm_head: bool,
+    /// Also convert the checkpoint to this GGUF (for quick benchmark setup).
+    #[arg(long)]
+    gguf: Option<PathBuf>,
+    /// The GGUF type for --gguf.
+    #[arg(long = "type", default_value = "q4_0", requires = "gguf")]
+    out_type: OutType,
     /// The Qwen2 vocab GGUF.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/vendor/qwen2-vocab/ggml-vocab-qwen2.gguf"))]
     vocab: PathBuf,
@@ -47,6 +54,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         vocab_gguf: a.vocab,
     };
     let r = synth(&a.out_dir, &params)?;
+    eprintln!("wrote {} ({} tensors)", out.display(), r.n_tensors);
+    }
     eprintln!(
         "wrote {} tensors, {} bytes of weights, {} files to {}",
         r.n_tensors,
@@ -54,5 +63,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         r.files.len(),
         a.out_dir.display()
     );
-    Ok(())
+    if let Some(out) = &a.gguf {
+        let p = ConvertParams { input: a.out_dir.clone(), output: out.clone(), out_type: a.out_type, n_threads: 0 };
+        let r = convert(&p, &mut |_| {})?;
+        Ok(())
 }
