@@ -54,8 +54,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         vocab_gguf: a.vocab,
     };
     let r = synth(&a.out_dir, &params)?;
-    eprintln!("wrote {} ({} tensors)", out.display(), r.n_tensors);
-    }
     eprintln!(
         "wrote {} tensors, {} bytes of weights, {} files to {}",
         r.n_tensors,
@@ -64,7 +62,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         a.out_dir.display()
     );
     if let Some(out) = &a.gguf {
-        let p = ConvertParams { input: a.out_dir.clone(), output: out.clone(), out_type: a.out_type, n_threads: 0 };
+        let p = ConvertParams {
+            input: a.out_dir.clone(),
+            output: out.clone(),
+            out_type: a.out_type,
+            n_threads: 0,
+        };
         let r = convert(&p, &mut |_| {})?;
-        Ok(())
+        eprintln!("wrote {} ({} tensors)", out.display(), r.n_tensors);
+    }
+    Ok(())
 }
