@@ -3,8 +3,10 @@
 //! Shapes in comments are in ggml order (innermost, fastest-varying dimension first), the reverse of PyTorch's.
 #![deny(unsafe_code)]
 
+pub mod convert;
 pub mod ggml;
 pub mod gguf;
 pub mod model;
+pub mod synth;
 
 pub use ggml::quant;

@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod convert;
 mod inspect;
+mod synth;
 
 #[derive(Parser)]
 #[command(
@@ -19,14 +21,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Convert an HF SmallThinker checkpoint to GGUF.
+    Convert(convert::Args),
     /// Print a GGUF file's metadata and tensor table (like gguf-dump).
     Inspect(inspect::InspectArgs),
+    /// Write a random-weight HF-format SmallThinker checkpoint (for tests and benchmarks).
+    Synth(synth::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Convert(args) => convert::run(args),
         Command::Inspect(args) => inspect::run(&args),
+        Command::Synth(args) => synth::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

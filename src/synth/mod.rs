@@ -1,0 +1,339 @@
+//! Random-weight SmallThinker checkpoints in Hugging Face format, for tests and benchmarks: `config.json`,
+//! safetensors (one file or shards + `model.safetensors.index.json`), `tokenizer.json` and `tokenizer_config.json`
+//! with the real Qwen2 vocabulary, and `generation_config.json`.
+//!
+//! Weights are seeded and deterministic: every tensor draws from its own stream (seed mixed with the tensor name),
+//! so the bytes do not depend on sharding. Matrices ~ N(0, 0.02), norms ~ 1 + N(0, 0.02)·2.5.
+
+mod config;
+mod rng;
+mod tokenizer;
+pub mod vocab;
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Map, Value};
+
+pub use config::{base_config, config_with_overrides, Shape};
+pub use rng::Rng;
+pub use tokenizer::{tokenizer_config_json, tokenizer_json, QWEN2_SPLIT_REGEX};
+pub use vocab::{Vocab, VocabError};
+
+/// Element type of the synthetic safetensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SynthDtype {
+    Bf16,
+    F32,
+}
+
+impl std::str::FromStr for SynthDtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<SynthDtype, String> {
+        match s {
+            "bf16" => Ok(SynthDtype::Bf16),
+            "f32" => Ok(SynthDtype::F32),
+            _ => Err(format!("unknown dtype {s:?} (bf16, f32)")),
+        }
+    }
+}
+
+/// What to synthesize.
+#[derive(Clone, Debug)]
+pub struct SynthParams {
+    pub shape: Shape,
+    /// Merged into the shape's config.json (a JSON object).
+    pub overrides: Map<String, Value>,
+    pub seed: u64,
+    pub dtype: SynthDtype,
+    /// Exactly this many shards (equal tensor counts); None = one file for tiny, 5 GB shards (HF's default) for
+    /// the big shapes.
+    pub shards: Option<usize>,
+    /// Store `lm_head.weight` (the released 4B stores it although it is tied; for a tied config it equals the
+    /// embedding). False omits it for a tied config.
+    pub lm_head: bool,
+    /// The Qwen2 vocab GGUF (vendor/qwen2-vocab/ggml-vocab-qwen2.gguf).
+    pub vocab_gguf: PathBuf,
+}
+
+/// Why synthesis failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SynthError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("config key {key}: {why}")]
+    Config { key: &'static str, why: String },
+    #[error(transparent)]
+    Vocab(#[from] VocabError),
+}
+
+/// One tensor to generate.
+#[derive(Clone, Debug)]
+pub struct SynthTensor {
+    pub name: String,
+    /// PyTorch order (`[out_features, in_features]`).
+    pub shape: Vec<u64>,
+    kind: Init,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Init {
+    /// N(0, 0.02), stream keyed by this name (so tied lm_head can reuse the embedding's stream).
+    Matrix(&'static str),
+    Norm,
+}
+
+fn get_u64(c: &Map<String, Value>, key: &'static str) -> Result<u64, SynthError> {
+    c.get(key).and_then(Value::as_u64).ok_or_else(|| SynthError::Config {
+        key,
+        why: "missing or not an integer".into(),
+    })
+}
+
+/// The tensors of a config, in state-dict order (embedding, layers, final norm, lm_head).
+pub fn tensor_list(c: &Map<String, Value>, lm_head: bool) -> Result<Vec<SynthTensor>, SynthError> {
+    let h = get_u64(c, "hidden_size")?;
+    let n_layer = get_u64(c, "num_hidden_layers")?;
+    let n_head = get_u64(c, "num_attention_heads")?;
+    let n_kv = get_u64(c, "num_key_value_heads")?;
+    let hd = get_u64(c, "head_dim")?;
+    let n_vocab = get_u64(c, "vocab_size")?;
+    let n_expert = get_u64(c, "moe_num_primary_experts")?;
+    let n_ff = get_u64(c, "moe_ffn_hidden_size")?;
+    let tied = c.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(true);
+    let m = |name: String, shape: Vec<u64>| SynthTensor {
+        name,
+        shape,
+        kind: Init::Matrix(""),
+    };
+    let norm = |name: String| SynthTensor {
+        name,
+        shape: vec![h],
+        kind: Init::Norm,
+    };
+    let mut v = vec![m("model.embed_tokens.weight".into(), vec![n_vocab, h])];
+    for il in 0..n_layer {
+        let p = format!("model.layers.{il}");
+        v.push(norm(format!("{p}.input_layernorm.weight")));
+        v.push(m(format!("{p}.self_attn.q_proj.weight"), vec![n_head * hd, h]));
+        v.push(m(format!("{p}.self_attn.k_proj.weight"), vec![n_kv * hd, h]));
+        v.push(m(format!("{p}.self_attn.v_proj.weight"), vec![n_kv * hd, h]));
+        v.push(m(format!("{p}.self_attn.o_proj.weight"), vec![h, n_head * hd]));
+        v.push(norm(format!("{p}.post_attention_layernorm.weight")));
+        v.push(m(
+            format!("{p}.block_sparse_moe.primary_router.weight"),
+            vec![n_expert, h],
+        ));
+        for e in 0..n_expert {
+            let q = format!("{p}.block_sparse_moe.experts.{e}");
+            v.push(m(format!("{q}.gate.weight"), vec![n_ff, h]));
+            v.push(m(format!("{q}.up.weight"), vec![n_ff, h]));
+            v.push(m(format!("{q}.down.weight"), vec![h, n_ff]));
+        }
+    }
+    v.push(norm("model.norm.weight".into()));
+    if lm_head || !tied {
+        let kind = Init::Matrix(if tied { "model.embed_tokens.weight" } else { "" });
+        v.push(SynthTensor {
+            name: "lm_head.weight".into(),
+            shape: vec![n_vocab, h],
+            kind,
+        });
+    }
+    Ok(v)
+}
+
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+impl SynthTensor {
+    fn n_elements(&self) -> u64 {
+        self.shape.iter().product()
+    }
+
+    fn n_bytes(&self, dtype: SynthDtype) -> u64 {
+        self.n_elements() * if dtype == SynthDtype::Bf16 { 2 } else { 4 }
+    }
+
+    /// Streams the tensor's bytes into `out`, generated in bounded chunks.
+    fn write_data(&self, seed: u64, dtype: SynthDtype, out: &mut impl Write) -> std::io::Result<()> {
+        let stream = match self.kind {
+            Init::Matrix(s) if !s.is_empty() => s,
+            _ => &self.name,
+        };
+        let mut rng = Rng::new(seed ^ fnv1a(stream));
+        let mut left = self.n_elements();
+        let mut buf = Vec::with_capacity(1 << 20);
+        while left > 0 {
+            let n = left.min(1 << 18);
+            buf.clear();
+            for _ in 0..n {
+                let x = match self.kind {
+                    Init::Matrix(_) => 0.02 * rng.normal(),
+                    Init::Norm => 1.0 + 0.05 * rng.normal(),
+                };
+                match dtype {
+                    SynthDtype::Bf16 => buf.extend_from_slice(&half::bf16::from_f32(x).to_le_bytes()),
+                    SynthDtype::F32 => buf.extend_from_slice(&x.to_le_bytes()),
+                }
+            }
+            out.write_all(&buf)?;
+            left -= n;
+        }
+        Ok(())
+    }
+}
+
+/// What was written.
+#[derive(Debug)]
+pub struct SynthReport {
+    pub files: Vec<PathBuf>,
+    pub n_tensors: usize,
+    pub n_bytes: u64,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SynthError + '_ {
+    move |source| SynthError::Io {
+        path: path.into(),
+        source,
+    }
+}
+
+fn write_json(path: &Path, v: &Value) -> Result<(), SynthError> {
+    let f = File::create(path).map_err(io_err(path))?;
+    let mut w = BufWriter::new(f);
+    serde_json::to_writer_pretty(&mut w, v).map_err(|e| SynthError::Io {
+        path: path.into(),
+        source: e.into(),
+    })?;
+    w.write_all(b"\n").and_then(|_| w.flush()).map_err(io_err(path))
+}
+
+/// Writes one safetensors file: header (sorted names, padded to 8 bytes), then the data in header order.
+fn write_safetensors(path: &Path, tensors: &[&SynthTensor], p: &SynthParams) -> Result<(), SynthError> {
+    let mut sorted = tensors.to_vec();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let dtype = if p.dtype == SynthDtype::Bf16 { "BF16" } else { "F32" };
+    let mut header = Map::new();
+    header.insert("__metadata__".into(), json!({"format": "pt"}));
+    let mut off = 0u64;
+    for t in &sorted {
+        let end = off + t.n_bytes(p.dtype);
+        header.insert(
+            t.name.clone(),
+            json!({"dtype": dtype, "shape": t.shape, "data_offsets": [off, end]}),
+        );
+        off = end;
+    }
+    let mut h = serde_json::to_vec(&Value::Object(header)).expect("JSON of plain values");
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let f = File::create(path).map_err(io_err(path))?;
+    let mut w = BufWriter::with_capacity(1 << 22, f);
+    let mut go = || -> std::io::Result<()> {
+        w.write_all(&(h.len() as u64).to_le_bytes())?;
+        w.write_all(&h)?;
+        for t in &sorted {
+            t.write_data(p.seed, p.dtype, &mut w)?;
+        }
+        w.flush()
+    };
+    go().map_err(io_err(path))
+}
+
+/// Groups tensors (in state-dict order) into shards: `Count(n)` makes exactly n shards of about equal tensor
+/// counts (so a layer's experts straddle shard boundaries, as in real checkpoints); `Bytes(limit)` fills shards up
+/// to `limit` bytes like HF's `max_shard_size` (a tensor never splits).
+fn shard_plan(tensors: &[SynthTensor], dtype: SynthDtype, split: Split) -> Vec<Vec<&SynthTensor>> {
+    match split {
+        Split::Count(n) => {
+            let per = tensors.len().div_ceil(n.clamp(1, tensors.len()));
+            tensors.chunks(per).map(|c| c.iter().collect()).collect()
+        }
+        Split::Bytes(limit) => {
+            let mut shards: Vec<Vec<&SynthTensor>> = vec![vec![]];
+            let mut size = 0;
+            for t in tensors {
+                let n = t.n_bytes(dtype);
+                if size > 0 && size + n > limit {
+                    shards.push(vec![]);
+                    size = 0;
+                }
+                shards.last_mut().expect("non-empty").push(t);
+                size += n;
+            }
+            shards
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Split {
+    Count(usize),
+    Bytes(u64),
+}
+
+/// Writes a synthetic checkpoint into `out_dir` (created if needed).
+pub fn synth(out_dir: &Path, p: &SynthParams) -> Result<SynthReport, SynthError> {
+    std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
+    let cfg = config_with_overrides(p.shape, &p.overrides);
+    let tensors = tensor_list(&cfg, p.lm_head)?;
+    let total: u64 = tensors.iter().map(|t| t.n_bytes(p.dtype)).sum();
+    let split = match (p.shards, p.shape) {
+        (Some(n), _) => Split::Count(n),
+        (None, Shape::Tiny) => Split::Count(1),
+        (None, _) => Split::Bytes(5_000_000_000),
+    };
+    let shards = shard_plan(&tensors, p.dtype, split);
+    let mut files = vec![];
+    let cfg_path = out_dir.join("config.json");
+    write_json(&cfg_path, &Value::Object(cfg.clone()))?;
+    files.push(cfg_path);
+    if shards.len() == 1 {
+        let path = out_dir.join("model.safetensors");
+        write_safetensors(&path, &shards[0], p)?;
+        files.push(path);
+    } else {
+        let mut weight_map = Map::new();
+        for (i, shard) in shards.iter().enumerate() {
+            let name = format!("model-{:05}-of-{:05}.safetensors", i + 1, shards.len());
+            for t in shard {
+                weight_map.insert(t.name.clone(), json!(name));
+            }
+            let path = out_dir.join(&name);
+            write_safetensors(&path, shard, p)?;
+            files.push(path);
+        }
+        let path = out_dir.join("model.safetensors.index.json");
+        write_json(
+            &path,
+            &json!({"metadata": {"total_size": total}, "weight_map": weight_map}),
+        )?;
+        files.push(path);
+    }
+    let vocab = Vocab::load(&p.vocab_gguf)?;
+    for (name, doc) in [
+        ("tokenizer.json", tokenizer_json(&vocab)),
+        ("tokenizer_config.json", tokenizer_config_json(&vocab)),
+        (
+            "generation_config.json",
+            json!({"bos_token_id": 151643, "do_sample": true, "eos_token_id": [151643, 151645],
+                   "repetition_penalty": 1.05, "temperature": 0.7, "top_k": 20, "top_p": 0.8,
+                   "transformers_version": "4.53.3"}),
+        ),
+    ] {
+        let path = out_dir.join(name);
+        write_json(&path, &doc)?;
+        files.push(path);
+    }
+    Ok(SynthReport {
+        files,
+        n_tensors: tensors.len(),
+        n_bytes: total,
+    })
+}
