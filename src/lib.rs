@@ -3,5 +3,8 @@
 //! Shapes in comments are in ggml order (innermost, fastest-varying dimension first), the reverse of PyTorch's.
 #![deny(unsafe_code)]
 
+pub mod chat;
 pub mod ggml;
 pub mod gguf;
+pub mod sampling;
+pub mod tokenizer;
