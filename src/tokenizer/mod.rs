@@ -15,8 +15,6 @@ mod vocab;
 pub use stream::StreamDecoder;
 pub use vocab::{token_type, VocabSpec, QWEN2_PRE_REGEX};
 
-use vocab::JsonFlavor;
-
 /// Errors from building or running the tokenizer.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
@@ -131,9 +129,7 @@ impl Tokenizer {
     /// Builds the tokenizer; refuses vocabularies whose model or pre-tokenizer we cannot reproduce.
     pub fn new(spec: &VocabSpec) -> Result<Tokenizer, TokenizerError> {
         spec.validate()?;
-        let json = spec.tokenizer_json(JsonFlavor::LlamaCpp)?;
-        let bpe: tokenizers::Tokenizer =
-            serde_json::from_value(json).map_err(|e| TokenizerError::Backend(e.to_string()))?;
+        let bpe = spec.bpe_pipeline()?;
 
         let mut attrs: Vec<u8> = (0..spec.tokens.len())
             .map(|id| type_to_attr(spec.token_type(id)))

@@ -52,16 +52,6 @@ pub struct VocabSpec {
     pub chat_template: Option<String>,
 }
 
-/// Which consumer a `tokenizer.json` is built for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum JsonFlavor {
-    /// What Hugging Face ships for Qwen2 (NFC normalizer, added tokens): for checkpoints on disk.
-    HuggingFace,
-    /// What llama.cpp does: no normalizer, and no added tokens because [`super::Tokenizer`] splits them out
-    /// itself in llama.cpp's order before the BPE runs.
-    LlamaCpp,
-}
-
 impl VocabSpec {
     /// The type of token `id`, NORMAL when the file has no type array (llama.cpp's default).
     pub fn token_type(&self, id: usize) -> i32 {
@@ -132,12 +122,8 @@ impl VocabSpec {
     /// resolves it to "qwen2") read as this vocabulary: see gguf-and-llamacpp-compat.md, last section. Converters
     /// writing a synthetic checkpoint use this; `tokenizer_config.json` is the caller's business.
     pub fn to_tokenizer_json(&self) -> Result<Value, TokenizerError> {
-        self.validate()?;
-        self.tokenizer_json(JsonFlavor::HuggingFace)
-    }
-
-    pub(crate) fn tokenizer_json(&self, flavor: JsonFlavor) -> Result<Value, TokenizerError> {
         use token_type::*;
+        self.validate()?;
         let mut vocab = Map::with_capacity(self.tokens.len());
         let mut added = Vec::new();
         for (id, text) in self.tokens.iter().enumerate() {
@@ -145,12 +131,10 @@ impl VocabSpec {
                 // Added tokens live outside the BPE model; UNUSED ones (the converter's `[PAD{i}]` fill) are left
                 // out so that converting this file back refills them the same way.
                 t @ (CONTROL | USER_DEFINED) => {
-                    if flavor == JsonFlavor::HuggingFace {
-                        added.push(json!({
-                            "id": id, "content": text, "single_word": false, "lstrip": false,
-                            "rstrip": false, "normalized": false, "special": t == CONTROL,
-                        }));
-                    }
+                    added.push(json!({
+                        "id": id, "content": text, "single_word": false, "lstrip": false,
+                        "rstrip": false, "normalized": false, "special": t == CONTROL,
+                    }));
                 }
                 UNUSED => {}
                 _ => {
@@ -171,16 +155,13 @@ impl VocabSpec {
         let byte_level = json!({
             "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false
         });
-        let normalizer = match flavor {
-            JsonFlavor::HuggingFace => json!({ "type": "NFC" }),
-            JsonFlavor::LlamaCpp => Value::Null,
-        };
         Ok(json!({
             "version": "1.0",
             "truncation": null,
             "padding": null,
             "added_tokens": added,
-            "normalizer": normalizer,
+            // Qwen2's own tokenizer.json has NFC; llama.cpp (and so Tokenizer) does not normalise.
+            "normalizer": { "type": "NFC" },
             "pre_tokenizer": {
                 "type": "Sequence",
                 "pretokenizers": [
@@ -208,6 +189,54 @@ impl VocabSpec {
                 "merges": merges,
             }
         }))
+    }
+}
+
+impl VocabSpec {
+    /// The merges as (left, right) pairs.
+    pub(crate) fn merge_pairs(&self) -> Result<Vec<(String, String)>, TokenizerError> {
+        self.merges
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                split_merge(m)
+                    .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                    .ok_or_else(|| bad_merge(i, m))
+            })
+            .collect()
+    }
+
+    /// The tokenizers-crate pipeline llama.cpp's BPE tokenizer amounts to for this vocabulary: Qwen2 regex split,
+    /// byte-level mapping, BPE over every token that is not an added one. No normalizer (llama.cpp has none) and
+    /// no added tokens: [`super::Tokenizer`] cuts those out itself first, in llama.cpp's order.
+    pub(crate) fn bpe_pipeline(&self) -> Result<tokenizers::Tokenizer, TokenizerError> {
+        use token_type::*;
+        use tokenizers::models::bpe::{Vocab, BPE};
+        use tokenizers::pre_tokenizers::{byte_level::ByteLevel, sequence::Sequence, split::Split};
+        let backend = |e: tokenizers::Error| TokenizerError::Backend(e.to_string());
+        let vocab: Vocab = self
+            .tokens
+            .iter()
+            .enumerate()
+            .filter(|&(id, _)| !matches!(self.token_type(id), CONTROL | USER_DEFINED | UNUSED))
+            .map(|(id, t)| (t.clone(), id as u32))
+            .collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, self.merge_pairs()?)
+            .build()
+            .map_err(backend)?;
+        let split = Split::new(
+            tokenizers::pre_tokenizers::split::SplitPattern::Regex(QWEN2_PRE_REGEX.into()),
+            tokenizers::SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(backend)?;
+        let mut tok = tokenizers::Tokenizer::new(bpe);
+        tok.with_pre_tokenizer(Some(Sequence::new(vec![
+            split.into(),
+            ByteLevel::new(false, false, false).into(),
+        ])));
+        Ok(tok)
     }
 }
 
