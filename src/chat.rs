@@ -2,6 +2,9 @@
 //! configured like transformers' `apply_chat_template`: `trim_blocks` and `lstrip_blocks` on, loop controls,
 //! Python string/dict methods (`.strip()`, `.startswith()`, `.get()`), `raise_exception(msg)`, and a `tojson` that
 //! prints what Python's `json.dumps(ensure_ascii=False)` prints.
+//!
+//! The rendered prompt contains the template's control tokens as text (`<|im_start|>`): tokenize it with
+//! `parse_special = true`, as llama.cpp does for chat prompts.
 
 use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{Environment, ErrorKind, Value};
@@ -105,6 +108,14 @@ impl ChatTemplate {
             bos_token: None,
             eos_token: None,
         })
+    }
+
+    /// The GGUF's own template (`tokenizer.chat_template`), with `bos_token` / `eos_token` set to the texts of the
+    /// vocabulary's BOS / EOS tokens.
+    pub fn for_vocab(spec: &crate::tokenizer::VocabSpec) -> Result<ChatTemplate, ChatError> {
+        let src = spec.chat_template.as_deref().ok_or(ChatError::NoTemplate)?;
+        let text = |id: Option<u32>| id.and_then(|id| spec.tokens.get(id as usize)).cloned();
+        Ok(ChatTemplate::new(src)?.with_special_tokens(text(spec.bos), text(spec.eos)))
     }
 
     /// Sets the `bos_token` / `eos_token` template variables (token texts, e.g. from the tokenizer's ids).

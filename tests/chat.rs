@@ -35,15 +35,7 @@ fn load_fixture() -> Fixture {
 }
 
 fn gguf_template() -> ChatTemplate {
-    let src = spec()
-        .chat_template
-        .as_deref()
-        .expect("the vendored GGUF has tokenizer.chat_template");
-    let tok = tokenizer();
-    let text = |id: Option<u32>| id.and_then(|id| tok.token_text(id)).map(str::to_owned);
-    ChatTemplate::new(src)
-        .unwrap()
-        .with_special_tokens(text(tok.bos()), text(tok.eos()))
+    ChatTemplate::for_vocab(spec()).expect("the vendored GGUF has tokenizer.chat_template")
 }
 
 #[test]
@@ -94,6 +86,15 @@ fn renders_like_python_jinja2() {
             case.template, case.conversation, case.add_generation_prompt
         );
     }
+}
+
+#[test]
+fn a_vocab_without_a_template_is_a_clear_error() {
+    let mut s = spec().clone();
+    s.chat_template = None;
+    let err = ChatTemplate::for_vocab(&s).unwrap_err();
+    assert!(matches!(err, ChatError::NoTemplate), "{err:?}");
+    assert!(err.to_string().contains("tokenizer.chat_template"), "{err}");
 }
 
 #[test]

@@ -28,6 +28,12 @@ pub enum TokenizerError {
     BadVocab { key: &'static str, detail: String },
     #[error("missing tokenizer metadata key {key}")]
     MissingKey { key: &'static str },
+    #[error("tokenizer metadata {key} is {got}, expected {expected}")]
+    WrongType {
+        key: &'static str,
+        expected: &'static str,
+        got: String,
+    },
     #[error("token id {id} is out of range (vocab size {n_vocab})")]
     TokenOutOfRange { id: u32, n_vocab: usize },
     #[error("tokenizers crate: {0}")]
