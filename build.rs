@@ -98,7 +98,9 @@ fn main() {
 
     let mut c = cc::Build::new();
     configure(&mut c);
-    c.std("c11");
+    // ISO C11 (not gnu11) and no FMA contraction: Q4_0's rounding step must not be fused, or rare blocks round
+    // differently from gguf-py's reference quantizer.
+    c.std("c11").flag("-ffp-contract=off");
     c.files(C_FILES.iter().map(|f| ggml.join(f))).file(ggml.join(&arch_c));
     let c_objects = c.compile_intermediates();
 

@@ -8,3 +8,5 @@ pub mod ggml;
 pub mod gguf;
 pub mod sampling;
 pub mod tokenizer;
+
+pub use ggml::quant;

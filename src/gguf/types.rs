@@ -105,7 +105,10 @@ impl GgmlType {
     }
 
     fn entry(self) -> &'static (GgmlType, &'static str, u64, u64) {
-        TABLE.iter().find(|e| e.0 == self).expect("every GgmlType has a table entry")
+        TABLE
+            .iter()
+            .find(|e| e.0 == self)
+            .expect("every GgmlType has a table entry")
     }
 
     /// ggml's name (`ggml_type_name`): "f32", "q4_0", "q6_K", ...
@@ -144,7 +147,8 @@ impl GgmlType {
     /// Bytes of a tensor with these dims (ggml order, `ne[0]` first), or None on a partial block or overflow.
     pub fn tensor_bytes(self, ne: &[u64]) -> Option<u64> {
         let (first, rest) = ne.split_first().unwrap_or((&1, &[]));
-        rest.iter().try_fold(self.row_bytes(*first)?, |acc, &d| acc.checked_mul(d))
+        rest.iter()
+            .try_fold(self.row_bytes(*first)?, |acc, &d| acc.checked_mul(d))
     }
 }
 

@@ -1,1 +1,49 @@
-fn main() {}
+//! `smallthinker`: the project's command-line tool. Each subcommand lives in its own module; this file only
+//! parses the command line and dispatches.
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod inspect;
+
+#[derive(Parser)]
+#[command(
+    name = "smallthinker",
+    version,
+    about = "SmallThinker inference engine and GGUF toolchain"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a GGUF file's metadata and tensor table (like gguf-dump).
+    Inspect(inspect::InspectArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(args) => inspect::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Names and keys from a corrupt file can hold control characters: escape them, keep the rest readable.
+            let msg: String = format!("{e:#}")
+                .chars()
+                .map(|c| {
+                    if c.is_control() {
+                        c.escape_default().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect();
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! The CPU backend, backend buffers and graph allocators (for `no_alloc` contexts), and ggml's CPU type traits.
+
+use std::ptr::NonNull;
+
+use super::{from_sys_type, sys, to_sys_type, Context, GgmlError, Graph};
+use crate::gguf::GgmlType;
+
+/// Owns a CPU `ggml_backend_t`; computes graphs with [`Graph::compute_with_backend`].
+pub struct CpuBackend {
+    ptr: NonNull<sys::ggml_backend>,
+}
+
+impl CpuBackend {
+    /// ggml_backend_cpu_init.
+    pub fn new() -> Result<Self, GgmlError> {
+        // SAFETY: no preconditions; returns null on failure.
+        let ptr = unsafe { sys::ggml_backend_cpu_init() };
+        Ok(CpuBackend {
+            ptr: NonNull::new(ptr).ok_or(GgmlError::Backend {
+                what: "ggml_backend_cpu_init",
+            })?,
+        })
+    }
+
+    pub(crate) fn as_ptr(&self) -> sys::ggml_backend_t {
+        self.ptr.as_ptr()
+    }
+
+    /// Threads used by `compute_with_backend` (at least 1).
+    pub fn set_n_threads(&self, n_threads: usize) {
+        let n = i32::try_from(n_threads.max(1)).unwrap_or(i32::MAX);
+        // SAFETY: valid CPU backend.
+        unsafe { sys::ggml_backend_cpu_set_n_threads(self.as_ptr(), n) };
+    }
+}
+
+impl Drop for CpuBackend {
+    fn drop(&mut self) {
+        // SAFETY: created by ggml_backend_cpu_init, freed once. Buffers do not refer to the backend.
+        unsafe { sys::ggml_backend_free(self.as_ptr()) };
+    }
+}
+
+/// A backend buffer or graph allocator whose memory holds some context's tensor data; owned by that context.
+pub(crate) enum BufferOwner {
+    Buffer(NonNull<sys::ggml_backend_buffer>),
+    Gallocr(NonNull<sys::ggml_gallocr>),
+}
+
+impl Drop for BufferOwner {
+    fn drop(&mut self) {
+        // SAFETY: each pointer came from its ggml constructor and is freed exactly once, when its context drops
+        // (no Tensor handle of that context is alive then).
+        unsafe {
+            match self {
+                BufferOwner::Buffer(b) => sys::ggml_backend_buffer_free(b.as_ptr()),
+                BufferOwner::Gallocr(g) => sys::ggml_gallocr_free(g.as_ptr()),
+            }
+        }
+    }
+}
+
+impl Context {
+    /// Gives every tensor of this `no_alloc` context that has no data yet a place in one new CPU buffer
+    /// (ggml_backend_alloc_ctx_tensors_from_buft). The buffer lives as long as the context.
+    pub fn alloc_cpu_buffer(&self) -> Result<(), GgmlError> {
+        assert!(self.no_alloc(), "ggml alloc_cpu_buffer: the context must be no_alloc");
+        // ggml returns null both on failure and when there is nothing to allocate: tell them apart first.
+        let pending = self.raw_tensors().into_iter().any(|t| {
+            // SAFETY: tensors of this live context.
+            unsafe { (*t).data.is_null() && (*t).view_src.is_null() && sys::ggml_nbytes(t) > 0 }
+        });
+        if !pending {
+            return Ok(());
+        }
+        // SAFETY: valid no_alloc context; the CPU buffer type is a static.
+        let buf = unsafe {
+            sys::ggml_backend_alloc_ctx_tensors_from_buft(self.as_ptr(), sys::ggml_backend_cpu_buffer_type())
+        };
+        let buf = NonNull::new(buf).ok_or(GgmlError::Backend {
+            what: "ggml_backend_alloc_ctx_tensors_from_buft",
+        })?;
+        // SAFETY: a live buffer; zeroing makes never-written tensor data defined (it reads as zeros).
+        unsafe { sys::ggml_backend_buffer_clear(buf.as_ptr(), 0) };
+        self.buffers.borrow_mut().push(BufferOwner::Buffer(buf));
+        Ok(())
+    }
+
+    /// Allocates the graph's data-less tensors (intermediates and inputs) with a new graph allocator
+    /// (ggml_gallocr_alloc_graph) whose buffer lives as long as this context. Every such tensor must belong to this
+    /// context, so that no tensor of a longer-lived context can point into a buffer freed before it.
+    /// Intermediates may share memory: read only outputs (`Tensor::set_output`) after compute.
+    pub fn allocate_graph(&self, graph: &Graph<'_>) -> Result<(), GgmlError> {
+        for &t in graph.raw_tensors() {
+            // SAFETY: tensors of a live graph.
+            let unallocated = unsafe { (*t).data.is_null() };
+            if unallocated && !self.owns(t) {
+                let t = super::Tensor::from_raw(t, true);
+                panic!("ggml allocate_graph: tensor {t:?} has no data and belongs to another context");
+            }
+        }
+        // SAFETY: the CPU buffer type is a static; returns null on failure.
+        let galloc = unsafe { sys::ggml_gallocr_new(sys::ggml_backend_cpu_buffer_type()) };
+        let galloc = NonNull::new(galloc).ok_or(GgmlError::Backend {
+            what: "ggml_gallocr_new",
+        })?;
+        let owner = BufferOwner::Gallocr(galloc);
+        // SAFETY: valid allocator and graph; it only assigns data to tensors without data (all ours, checked).
+        let ok = unsafe { sys::ggml_gallocr_alloc_graph(galloc.as_ptr(), graph.as_ptr()) };
+        if !ok {
+            return Err(GgmlError::Backend {
+                what: "ggml_gallocr_alloc_graph",
+            });
+        }
+        self.buffers.borrow_mut().push(owner);
+        Ok(())
+    }
+}
+
+fn cpu_traits(ty: GgmlType) -> &'static sys::ggml_type_traits_cpu {
+    // SAFETY: ggml returns a pointer into its static per-type table for any valid type id.
+    unsafe { &*sys::ggml_get_type_traits_cpu(to_sys_type(ty)) }
+}
+
+/// The type ggml converts the other operand to for `vec_dot` with `ty` (F32 for F32, Q8_0 for Q4_0, ...).
+pub fn vec_dot_type(ty: GgmlType) -> GgmlType {
+    from_sys_type(cpu_traits(ty).vec_dot_type)
+}
+
+fn check_row(what: &str, ty: GgmlType, n: usize, bytes: &[u8]) {
+    let want = ty
+        .row_bytes(n as u64)
+        .unwrap_or_else(|| panic!("ggml {what}: n = {n} is not whole {ty} blocks"));
+    assert_eq!(
+        bytes.len() as u64,
+        want,
+        "ggml {what}: {ty} row of {n} needs {want} bytes, got {}",
+        bytes.len()
+    );
+    let align = if ty.type_size() >= 4 && !ty.is_quantized() {
+        4
+    } else {
+        2
+    };
+    assert!(
+        (bytes.as_ptr() as usize) % align == 0,
+        "ggml {what}: {ty} data not {align}-byte aligned"
+    );
+}
+
+/// ggml's CPU dot product of `n` elements: `x` a row of `ty`, `y` a row of `vec_dot_type(ty)`.
+pub fn vec_dot(ty: GgmlType, n: usize, x: &[u8], y: &[u8]) -> f32 {
+    let tr = cpu_traits(ty);
+    let f = tr
+        .vec_dot
+        .unwrap_or_else(|| panic!("ggml vec_dot: type {ty} has no CPU vec_dot"));
+    check_row("vec_dot x", ty, n, x);
+    check_row("vec_dot y", vec_dot_type(ty), n, y);
+    let n = i32::try_from(n).expect("vec_dot n fits i32");
+    let mut s = 0f32;
+    // SAFETY: x and y hold exactly one row of n elements of their types (checked), suitably aligned; nrc = 1
+    // computes one value into `s` (the strides are then unused).
+    unsafe { f(n, &mut s, 0, x.as_ptr().cast(), 0, y.as_ptr().cast(), 0, 1) };
+    s
+}
+
+/// ggml's CPU conversion of a row of f32 into `ty` (e.g. Q8_0 activations for a Q4_0 dot).
+pub fn from_float(ty: GgmlType, x: &[f32]) -> Vec<u8> {
+    let f = cpu_traits(ty)
+        .from_float
+        .unwrap_or_else(|| panic!("ggml from_float: type {ty} has no CPU from_float"));
+    let n = x.len() as u64;
+    let len = ty
+        .row_bytes(n)
+        .unwrap_or_else(|| panic!("ggml from_float: {n} is not whole {ty} blocks"));
+    let mut out = vec![0u8; len as usize];
+    // SAFETY: x has n floats; out has exactly the bytes of one row of n elements of `ty`.
+    unsafe { f(x.as_ptr(), out.as_mut_ptr().cast(), n as i64) };
+    out
+}
+
+/// True if the CPU can convert rows of f32 into `ty` (set_rows, cpy into `ty`).
+pub(crate) fn has_from_float(ty: GgmlType) -> bool {
+    ty == GgmlType::F32 || cpu_traits(ty).from_float.is_some()
+}
+
+/// True if ggml can dequantize `ty` to f32 (get_rows).
+pub(crate) fn has_to_float(ty: GgmlType) -> bool {
+    // SAFETY: ggml returns a pointer into its static per-type table for any valid type id.
+    matches!(ty, GgmlType::F32 | GgmlType::I32)
+        || unsafe { (*sys::ggml_get_type_traits(to_sys_type(ty))).to_float.is_some() }
+}
+
+/// True if the CPU has a dot product for rows of `ty` (mul_mat's first operand).
+pub(crate) fn has_vec_dot(ty: GgmlType) -> bool {
+    cpu_traits(ty).vec_dot.is_some()
+}

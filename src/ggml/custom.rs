@@ -1,0 +1,317 @@
+//! Custom ops over Rust closures: `ggml_custom_4d` with one `extern "C"` trampoline.
+//!
+//! ggml calls the trampoline once per thread with `(ith, nth)`; the closure sees a [`CustomOpCtx`] with typed,
+//! read-only access to its sources and mutable access to *its own* share of the destination rows (rows split as
+//! in ggml's test-customop.c: chunk = ceil(nrows / nth), start = chunk * ith). A panic is caught on the worker
+//! thread, recorded, and turned into [`GgmlError::CustomOpPanicked`] by `Graph::compute`.
+
+use std::cell::Cell;
+use std::ffi::{c_int, c_void};
+use std::ops::Range;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Mutex;
+
+use super::{sys, Context, GgmlError, Graph, Tensor};
+use crate::gguf::GgmlType;
+
+type CustomFn = dyn Fn(&CustomOpCtx) + Send + Sync;
+
+/// What ggml's `userdata` points at. Boxed and owned by the context, so its address is stable and it lives as
+/// long as the op's tensor.
+struct CustomState {
+    name: String,
+    f: Box<CustomFn>,
+    panic: Mutex<Option<String>>,
+}
+
+/// Mirror of `struct ggml_custom_op_params` (vendor/ggml/src/ggml-impl.h), which ggml_custom_4d stores in the
+/// result's op_params; read back to find the closure state of a node after compute.
+#[repr(C)]
+struct CustomOpParams {
+    fun: sys::ggml_custom_op_t,
+    n_tasks: c_int,
+    userdata: *mut c_void,
+}
+const _: () = assert!(std::mem::size_of::<CustomOpParams>() <= 16 * 4, "fits ggml's op_params");
+
+/// One thread's view of a custom op invocation.
+pub struct CustomOpCtx {
+    ith: usize,
+    nth: usize,
+    dst: *mut sys::ggml_tensor,
+    dst_taken: Cell<bool>,
+}
+
+/// This thread's destination rows: yields `(row index, row)` for the rows in [`CustomOpCtx::rows`].
+pub struct DstRows<'a> {
+    data: *mut f32,
+    ne0: usize,
+    rows: Range<usize>,
+    _op: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+impl<'a> Iterator for DstRows<'a> {
+    type Item = (usize, &'a mut [f32]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let r = self.rows.next()?;
+        // SAFETY: dst is a contiguous F32 tensor of nrows * ne0 values; `rows` is this thread's disjoint share and
+        // each row is yielded once, so no two live `&mut` overlap, across threads or within this iterator.
+        Some((r, unsafe {
+            std::slice::from_raw_parts_mut(self.data.add(r * self.ne0), self.ne0)
+        }))
+    }
+}
+
+impl CustomOpCtx {
+    /// This thread's index, `0..nth`.
+    pub fn ith(&self) -> usize {
+        self.ith
+    }
+
+    /// Number of threads running the op.
+    pub fn nth(&self) -> usize {
+        self.nth
+    }
+
+    fn dst(&self) -> Tensor<'_> {
+        Tensor::from_raw(self.dst, false)
+    }
+
+    fn src_tensor(&self, i: usize) -> Tensor<'_> {
+        // SAFETY: `dst` is the live custom node; its sources are live tensors set at graph-build time.
+        let s = unsafe { (*self.dst).src[i] };
+        assert!(
+            i < sys::GGML_MAX_SRC as usize && !s.is_null(),
+            "custom op has no source {i}"
+        );
+        Tensor::from_raw(s, true)
+    }
+
+    /// Number of sources.
+    pub fn n_srcs(&self) -> usize {
+        (0..sys::GGML_MAX_SRC as usize)
+            .take_while(|&i| !self.dst().raw().src[i].is_null())
+            .count()
+    }
+
+    /// Dims of the destination (ggml order).
+    pub fn dst_ne(&self) -> [i64; 4] {
+        self.dst().ne()
+    }
+
+    /// Dims of source `i`.
+    pub fn src_ne(&self, i: usize) -> [i64; 4] {
+        self.src_tensor(i).ne()
+    }
+
+    /// Element type of source `i`.
+    pub fn src_ty(&self, i: usize) -> GgmlType {
+        self.src_tensor(i).ty()
+    }
+
+    /// The raw bytes of source `i` (any type, contiguous: checked when the op was built), e.g. quantized weight
+    /// rows for [`super::vec_dot`].
+    pub fn src_bytes(&self, i: usize) -> &[u8] {
+        let t = self.src_tensor(i);
+        // SAFETY: a contiguous tensor with data (checked at build and compute time) of nbytes bytes; no thread
+        // writes a source during this node (gallocr never runs GGML_OP_CUSTOM in place, and dst is a new tensor).
+        unsafe { std::slice::from_raw_parts(t.raw().data as *const u8, t.nbytes()) }
+    }
+
+    /// Bytes of row `r` (flattened over dims 1..3) of source `i`.
+    pub fn src_row_bytes(&self, i: usize, r: usize) -> &[u8] {
+        let t = self.src_tensor(i);
+        let row = t.ty().row_bytes(t.ne()[0] as u64).expect("whole blocks") as usize;
+        &self.src_bytes(i)[r * row..(r + 1) * row]
+    }
+
+    fn typed<T>(&self, i: usize, ty: GgmlType) -> &[T] {
+        let t = self.src_tensor(i);
+        assert!(t.ty() == ty, "custom op source {i} {t:?} is not {ty}");
+        let data = t.raw().data as *const T;
+        assert!(
+            data.is_aligned(),
+            "custom op source {i} {t:?} data is not aligned for {ty}"
+        );
+        // SAFETY: as in src_bytes, and the type and alignment match T (checked).
+        unsafe { std::slice::from_raw_parts(data, t.nelements() as usize) }
+    }
+
+    /// All values of F32 source `i` (panics, i.e. the op fails, if it is not F32).
+    pub fn src(&self, i: usize) -> &[f32] {
+        self.typed(i, GgmlType::F32)
+    }
+
+    /// All values of I32 source `i` (ids, positions).
+    pub fn src_i32(&self, i: usize) -> &[i32] {
+        self.typed(i, GgmlType::I32)
+    }
+
+    /// Row `r` (flattened over dims 1..3) of F32 source `i`.
+    pub fn src_row(&self, i: usize, r: usize) -> &[f32] {
+        let ne0 = self.src_ne(i)[0] as usize;
+        &self.src(i)[r * ne0..(r + 1) * ne0]
+    }
+
+    /// The destination rows this thread computes: ggml's split `chunk = ceil(nrows / nth)`.
+    pub fn rows(&self) -> Range<usize> {
+        let nrows = self.dst().nrows() as usize;
+        let chunk = nrows.div_ceil(self.nth);
+        let start = (chunk * self.ith).min(nrows);
+        start..(start + chunk).min(nrows)
+    }
+
+    /// Mutable access to this thread's destination rows. Callable once per invocation (a second call panics,
+    /// since two live iterators would alias the same rows).
+    pub fn dst_rows(&self) -> DstRows<'_> {
+        assert!(
+            !self.dst_taken.replace(true),
+            "CustomOpCtx::dst_rows called twice in one invocation"
+        );
+        let dst = self.dst();
+        assert!(
+            (dst.raw().data as *const f32).is_aligned(),
+            "custom op destination is not 4-byte aligned"
+        );
+        DstRows {
+            data: dst.raw().data.cast(),
+            ne0: dst.ne()[0] as usize,
+            rows: self.rows(),
+            _op: std::marker::PhantomData,
+        }
+    }
+}
+
+unsafe extern "C" fn trampoline(dst: *mut sys::ggml_tensor, ith: c_int, nth: c_int, userdata: *mut c_void) {
+    // SAFETY: userdata is the Box<CustomState> registered by `custom_4d`, owned by the context that owns `dst`,
+    // hence alive while ggml computes `dst`. Shared access only: `f` is Sync and `panic` is a Mutex.
+    let state = unsafe { &*(userdata as *const CustomState) };
+    let op = CustomOpCtx {
+        ith: ith as usize,
+        nth: nth.max(1) as usize,
+        dst,
+        dst_taken: Cell::new(false),
+    };
+    // Unwinding into C is undefined behaviour: catch everything here and report it after compute.
+    if let Err(e) = catch_unwind(AssertUnwindSafe(|| (state.f)(&op))) {
+        let msg = e
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| e.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".to_string());
+        let mut slot = state.panic.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert(msg);
+    }
+}
+
+/// The closure state of a graph node, if it is one of our custom ops.
+fn state_of(t: *mut sys::ggml_tensor) -> Option<&'static CustomState> {
+    // SAFETY: `t` is a live graph tensor. For GGML_OP_CUSTOM, op_params holds a ggml_custom_op_params. Safe code
+    // can create GGML_OP_CUSTOM nodes only through `custom_4d` (calling `sys` needs `unsafe`, denied outside this
+    // module), so `userdata` is a CustomState kept alive by its context; the 'static never escapes the compute call
+    // that uses it. (Comparing `fun` with `trampoline` would not do: function addresses are not unique.)
+    unsafe {
+        if (*t).op != sys::GGML_OP_CUSTOM {
+            return None;
+        }
+        let p = (*t).op_params.as_ptr() as *const CustomOpParams;
+        let p = std::ptr::read_unaligned(p);
+        (p.fun.is_some() && !p.userdata.is_null()).then(|| &*(p.userdata as *const CustomState))
+    }
+}
+
+pub(crate) fn reset_panics(g: &Graph<'_>) {
+    for &t in g.raw_tensors() {
+        if let Some(s) = state_of(t) {
+            *s.panic.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
+}
+
+pub(crate) fn take_panic(g: &Graph<'_>) -> Result<(), GgmlError> {
+    for &t in g.raw_tensors() {
+        if let Some(s) = state_of(t) {
+            if let Some(message) = s.panic.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return Err(GgmlError::CustomOpPanicked {
+                    name: s.name.clone(),
+                    message,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Context {
+    /// A custom op with a new F32 destination of dims `ne` and sources `args` (contiguous, any type, at most 9).
+    /// `f` runs on every compute thread; it must fill its [`CustomOpCtx::dst_rows`].
+    pub fn custom_4d<'a, F>(&'a self, name: &str, ne: [i64; 4], args: &[Tensor<'a>], f: F) -> Tensor<'a>
+    where
+        F: Fn(&CustomOpCtx) + Send + Sync + 'static,
+    {
+        assert!(
+            args.len() < sys::GGML_MAX_SRC as usize,
+            "ggml custom_4d `{name}`: {} args, at most 9",
+            args.len()
+        );
+        for (i, a) in args.iter().enumerate() {
+            assert!(
+                a.is_contiguous(),
+                "ggml custom_4d `{name}`: arg {i} {a:?} must be contiguous"
+            );
+        }
+        super::context::check_dims("custom_4d", ne);
+        self.reserve_tensors("custom_4d", 1, Some((GgmlType::F32, ne)));
+        let state = Box::new(CustomState {
+            name: name.to_string(),
+            f: Box::new(f),
+            panic: Mutex::new(None),
+        });
+        let userdata = &*state as *const CustomState as *mut c_void;
+        self.keep_alive.borrow_mut().push(state);
+        let mut srcs: Vec<*mut sys::ggml_tensor> = args.iter().map(|a| a.as_ptr()).collect();
+        // SAFETY: valid context with room (checked); < GGML_MAX_SRC args; userdata lives as long as the context
+        // (kept in keep_alive, a Box so the address is stable); n_tasks = -1 means "all threads".
+        let t = unsafe {
+            sys::ggml_custom_4d(
+                self.as_ptr(),
+                sys::GGML_TYPE_F32,
+                ne[0],
+                ne[1],
+                ne[2],
+                ne[3],
+                srcs.as_mut_ptr(),
+                srcs.len() as c_int,
+                Some(trampoline),
+                sys::GGML_N_TASKS_MAX,
+                userdata,
+            )
+        };
+        Tensor::from_raw(t, false).set_name(name)
+    }
+
+    /// A custom op whose destination has the shape of `a` (ggml_map_custom1's contract).
+    pub fn map_custom1<'a, F>(&'a self, name: &str, a: Tensor<'a>, f: F) -> Tensor<'a>
+    where
+        F: Fn(&CustomOpCtx) + Send + Sync + 'static,
+    {
+        self.custom_4d(name, a.ne(), &[a], f)
+    }
+
+    /// Two sources, destination shaped like `a`.
+    pub fn map_custom2<'a, F>(&'a self, name: &str, a: Tensor<'a>, b: Tensor<'a>, f: F) -> Tensor<'a>
+    where
+        F: Fn(&CustomOpCtx) + Send + Sync + 'static,
+    {
+        self.custom_4d(name, a.ne(), &[a, b], f)
+    }
+
+    /// Three sources, destination shaped like `a`.
+    pub fn map_custom3<'a, F>(&'a self, name: &str, a: Tensor<'a>, b: Tensor<'a>, c: Tensor<'a>, f: F) -> Tensor<'a>
+    where
+        F: Fn(&CustomOpCtx) + Send + Sync + 'static,
+    {
+        self.custom_4d(name, a.ne(), &[a, b, c], f)
+    }
+}

@@ -1,0 +1,156 @@
+//! Custom ops over Rust closures: threading, row split, panics.
+mod ggml_util;
+
+use std::sync::{Arc, Mutex};
+
+use ggml_util::*;
+use smallthinker::ggml::GgmlError;
+
+#[test]
+fn a_custom_op_written_as_a_rust_closure_inside_a_ggml_graph_computed_with_2_threads_matches_the_naive_result() {
+    // Issue test, verbatim: "A custom op written as a Rust closure, inside a ggml graph computed with 2 threads,
+    // matches the naive result."
+    let ctx = ctx();
+    let mut rng = Rng::new(31);
+    let (a, av) = rand_f32(&ctx, &[16, 9], &mut rng);
+    let (w, wv) = rand_f32(&ctx, &[16], &mut rng);
+    let threads_seen = Arc::new(Mutex::new(Vec::new()));
+    let seen = threads_seen.clone();
+    // out = relu(a) * w + row index, inside a graph: mul_mat(a, relu(a)·w) follows it
+    let custom = ctx.map_custom2("relu_mul_w", a, w, move |op| {
+        let w = op.src(1);
+        seen.lock().unwrap().push((op.ith(), op.nth(), op.rows()));
+        for (r, out) in op.dst_rows() {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = op.src_row(0, r)[i].max(0.0) * w[i] + r as f32;
+            }
+        }
+    });
+    let out = ctx.mul_mat(a, custom); // [9, 9]
+    let got = run(&ctx, out, 2);
+
+    let custom_ref: Vec<f32> = av
+        .iter()
+        .enumerate()
+        .map(|(i, x)| x.max(0.0) * wv[i % 16] + (i / 16) as f32)
+        .collect();
+    assert_close("custom op", &custom_ref, &custom.to_f32_vec().unwrap(), 1e-12);
+    let want = naive_mul_mat(&av, [16, 9, 1, 1], &custom_ref, [16, 9, 1, 1]);
+    assert_close("graph with custom op", &want, &got, 1e-10);
+
+    let mut seen = threads_seen.lock().unwrap().clone();
+    seen.sort_by_key(|s| s.0);
+    assert_eq!(
+        seen,
+        vec![(0, 2, 0..5), (1, 2, 5..9)],
+        "both threads ran, rows split ceil(9/2)"
+    );
+}
+
+#[test]
+fn custom_4d_with_three_sources_and_its_own_shape() {
+    let ctx = ctx();
+    let mut rng = Rng::new(32);
+    let (a, av) = rand_f32(&ctx, &[4, 3], &mut rng);
+    let (b, bv) = rand_f32(&ctx, &[4, 3], &mut rng);
+    let (c, cv) = rand_f32(&ctx, &[4, 3], &mut rng);
+    // one value per row: Σ a·b + max c, dst [1, 3]
+    let t = ctx.custom_4d("row_stat", [1, 3, 1, 1], &[a, b, c], |op| {
+        assert_eq!(op.n_srcs(), 3);
+        for (r, out) in op.dst_rows() {
+            let dot: f32 = op.src_row(0, r).iter().zip(op.src_row(1, r)).map(|(x, y)| x * y).sum();
+            out[0] = dot + op.src_row(2, r).iter().cloned().fold(f32::MIN, f32::max);
+        }
+    });
+    let got = run(&ctx, t, 4); // more threads than rows: some get none
+    let want: Vec<f32> = (0..3)
+        .map(|r| {
+            let dot: f32 = (0..4).map(|i| av[r * 4 + i] * bv[r * 4 + i]).sum();
+            dot + cv[r * 4..r * 4 + 4].iter().cloned().fold(f32::MIN, f32::max)
+        })
+        .collect();
+    assert_close("custom_4d", &want, &got, 1e-12);
+}
+
+#[test]
+fn a_panicking_closure_gives_an_err_from_compute_not_an_abort() {
+    let ctx = ctx();
+    let mut rng = Rng::new(33);
+    let (a, _) = rand_f32(&ctx, &[8, 4], &mut rng);
+    let t = ctx.map_custom1("boom", a, |op| {
+        if op.ith() == 1 {
+            panic!("kernel bug on thread {}", op.ith());
+        }
+        for (_, out) in op.dst_rows() {
+            out.fill(1.0);
+        }
+    });
+    let mut g = ctx.new_graph(8);
+    g.build_forward_expand(ctx.scale(t, 2.0));
+    match g.compute(2) {
+        Err(GgmlError::CustomOpPanicked { name, message }) => {
+            assert_eq!(name, "boom");
+            assert_eq!(message, "kernel bug on thread 1");
+        }
+        other => panic!("expected CustomOpPanicked, got {other:?}"),
+    }
+    // the panic is not sticky: a compute where the closure behaves again is Ok (here with 1 thread, ith 0 only)
+    g.compute(1).unwrap();
+}
+
+#[test]
+fn calling_dst_rows_twice_is_reported_as_a_panic() {
+    let ctx = ctx();
+    let a = ctx.new_tensor_1d(smallthinker::gguf::GgmlType::F32, 4);
+    a.set_f32(&[1.0; 4]).unwrap();
+    let t = ctx.map_custom1("twice", a, |op| {
+        let _first = op.dst_rows();
+        let _second = op.dst_rows();
+    });
+    let mut g = ctx.new_graph(4);
+    g.build_forward_expand(t);
+    let err = g.compute(1).unwrap_err();
+    assert!(err.to_string().contains("dst_rows called twice"), "{err}");
+}
+
+#[test]
+fn a_custom_op_over_quantized_rows_with_vec_dot_matches_mul_mat() {
+    // the shape of a later sparse kernel: dot only selected Q8_0 weight rows with the quantized input
+    use smallthinker::ggml::{from_float, vec_dot};
+    use smallthinker::gguf::GgmlType;
+    let ctx = ctx();
+    let mut rng = Rng::new(34);
+    let (n_in, n_out) = (64i64, 6i64);
+    let w = ctx.new_tensor_2d(GgmlType::Q8_0, n_in, n_out);
+    w.set_bytes(&from_float(GgmlType::Q8_0, &rng.vec((n_in * n_out) as usize)))
+        .unwrap();
+    let (x, _) = rand_f32(&ctx, &[n_in], &mut rng);
+    let skip = [false, true, false, false, true, false]; // "predicted zero" rows
+    let sparse = ctx.custom_4d("sparse_matvec", [n_out, 1, 1, 1], &[w, x], move |op| {
+        assert_eq!(op.src_ty(0), GgmlType::Q8_0);
+        let xq = from_float(GgmlType::Q8_0, op.src(1));
+        // one output row of 6 values: thread 0 does all of it, the others have no rows
+        for (_, out) in op.dst_rows() {
+            for (r, o) in out.iter_mut().enumerate() {
+                *o = if skip[r] {
+                    0.0
+                } else {
+                    vec_dot(GgmlType::Q8_0, 64, op.src_row_bytes(0, r), &xq)
+                };
+            }
+        }
+    });
+    let dense = ctx.mul_mat(w, x);
+    let mut g = ctx.new_graph(8);
+    g.build_forward_expand(sparse);
+    g.build_forward_expand(dense);
+    g.compute(2).unwrap();
+    let want: Vec<f32> = dense
+        .to_f32_vec()
+        .unwrap()
+        .iter()
+        .zip(&skip)
+        .map(|(v, s)| if *s { 0.0 } else { *v })
+        .collect();
+    assert_close("sparse vs masked dense", &want, &sparse.to_f32_vec().unwrap(), 1e-12);
+}
