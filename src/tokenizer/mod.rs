@@ -9,6 +9,7 @@
 //! 3. pieces: NORMAL tokens are byte-level decoded, CONTROL / UNKNOWN ones print their text only when asked to,
 //!    USER_DEFINED ones always print their text, the rest print nothing (`token_to_piece`).
 
+mod from_gguf;
 mod stream;
 mod vocab;
 

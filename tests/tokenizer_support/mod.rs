@@ -18,10 +18,13 @@ pub fn fixture(file: &str) -> PathBuf {
         .join(file)
 }
 
-/// The vocabulary of vendor/qwen2-vocab/ggml-vocab-qwen2.gguf, read once per test binary.
+/// The vocabulary of vendor/qwen2-vocab/ggml-vocab-qwen2.gguf through our GGUF reader, read once per test binary.
 pub fn spec() -> &'static VocabSpec {
     static SPEC: OnceLock<VocabSpec> = OnceLock::new();
-    SPEC.get_or_init(load_spec)
+    SPEC.get_or_init(|| {
+        let file = smallthinker::gguf::GgufFile::open(&vendor("ggml-vocab-qwen2.gguf")).expect("open the vocab GGUF");
+        VocabSpec::from_gguf(&file).expect("read the tokenizer metadata")
+    })
 }
 
 pub fn tokenizer() -> &'static Tokenizer {
@@ -29,8 +32,8 @@ pub fn tokenizer() -> &'static Tokenizer {
     TOK.get_or_init(|| Tokenizer::new(spec()).expect("build the Qwen2 tokenizer"))
 }
 
-/// Until our GGUF reader lands, the vocabulary is dumped with gguf-py ($SMALLTHINKER_PYTHON).
-fn load_spec() -> VocabSpec {
+/// The same vocabulary as gguf-py ($SMALLTHINKER_PYTHON) reads it, to cross-check our reader.
+pub fn spec_from_gguf_py() -> VocabSpec {
     let py = std::env::var("SMALLTHINKER_PYTHON")
         .expect("SMALLTHINKER_PYTHON must point to a python with gguf==0.19 (tools/test.sh sets it)");
     let script = r#"
