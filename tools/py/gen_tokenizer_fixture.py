@@ -23,6 +23,7 @@ TEXTS = [
     "e\u0301 caf\u00e9 \u212b \uff21\uff22",  # combining accent, Angstrom sign, fullwidth: NFC would change these
     "line\r\nnext\r\n\r\n",
     "I'M SURE YOU'LL SEE it's 'RE 'Ve",
+    "'Sure 'Tis 'LLAMA 'DOne 'REady 'VEry 'Mine 'sure 'Sorry 'Time 'Dear 'Mother 'Really 'Very 'Llama 'The",  # contractions match case-insensitively, before letters
     "   leading and trailing   ",
     "Ünïcödé 中文 日本語 한국어 العربية हिन्दी",
     "tabs\tand\u00a0nbsp\u2003em space",
