@@ -51,6 +51,7 @@
 #![allow(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod mmap;
 pub mod quant;
 #[rustfmt::skip]
 pub mod sys;
