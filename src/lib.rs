@@ -5,5 +5,6 @@
 
 pub mod ggml;
 pub mod gguf;
+pub mod model;
 
 pub use ggml::quant;
