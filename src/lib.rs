@@ -5,6 +5,7 @@
 
 pub mod ggml;
 pub mod gguf;
+pub mod graph;
 pub mod model;
 
 pub use ggml::quant;

@@ -2,6 +2,7 @@
 //! base `load_hparams`), plus the per-layer policy (RoPE/NoPE, SWA) that the GGUF does not store per layer.
 
 use super::ModelError;
+use crate::gguf::{GgufFile, Value};
 
 /// The sliding window llama.cpp uses whenever `attention.sliding_window` is set: it hard-codes 4096 and ignores
 /// the file's value (smallthinker.cpp, load_arch_hparams).
@@ -227,6 +228,143 @@ impl Hparams {
         positive(EXPERT_FEED_FORWARD_LENGTH, self.n_ff_exp)?;
         positive(TOKENS, self.n_vocab)?;
         Ok(())
+    }
+}
+
+impl Hparams {
+    /// Reads and validates the hyperparameters of a SmallThinker GGUF. Types are checked exactly (a u32 key
+    /// stored as i32 is `WrongType`, as in llama.cpp's loader); keys this crate does not implement (RoPE scaling,
+    /// a non-default SWA pattern) are rejected rather than ignored.
+    pub fn from_gguf(f: &GgufFile) -> Result<Hparams, ModelError> {
+        use keys::*;
+        let kv = Kv(f);
+        let arch = kv.req(ARCHITECTURE, "str", |v| v.as_str())?;
+        if arch != "smallthinker" {
+            return Err(bad(ARCHITECTURE, arch, "not a SmallThinker model"));
+        }
+        let u32_key = |key| kv.req(key, "u32", Value::as_u32);
+        let n_layer = u32_key(BLOCK_COUNT)?;
+        let n_ctx_train = u32_key(CONTEXT_LENGTH)?;
+        let n_embd = u32_key(EMBEDDING_LENGTH)?;
+        let n_ff = kv.opt(FEED_FORWARD_LENGTH, "u32", Value::as_u32)?;
+        let n_head = u32_key(HEAD_COUNT)?;
+        let n_head_kv = kv.opt(HEAD_COUNT_KV, "u32", Value::as_u32)?.unwrap_or(n_head);
+        // llama.cpp's default head size; n_head = 0 is reported by validate().
+        let default_head = n_embd.checked_div(n_head).unwrap_or(0);
+        let n_embd_head_k = kv.opt(KEY_LENGTH, "u32", Value::as_u32)?.unwrap_or(default_head);
+        let n_embd_head_v = kv.opt(VALUE_LENGTH, "u32", Value::as_u32)?.unwrap_or(default_head);
+        let rope_freq_base = kv.opt(ROPE_FREQ_BASE, "f32", Value::as_f32)?.unwrap_or(10000.0);
+        let rms_norm_eps = kv.req(RMS_EPS, "f32", Value::as_f32)?;
+        let n_expert = u32_key(EXPERT_COUNT)?;
+        let n_expert_used = u32_key(EXPERT_USED_COUNT)?;
+        let n_ff_exp = u32_key(EXPERT_FEED_FORWARD_LENGTH)?;
+        // llama.cpp reads an absent key as NONE and aborts when it builds the graph: fail at load instead.
+        let gating_id = u32_key(EXPERT_GATING_FUNC)?;
+        let gating = Gating::from_id(gating_id)
+            .ok_or_else(|| bad(EXPERT_GATING_FUNC, gating_id, "expected 1 (softmax) or 2 (sigmoid)"))?;
+
+        let swa = kv.opt(SLIDING_WINDOW, "u32", Value::as_u32)?.is_some_and(|w| w > 0);
+        let mut rope_freq_base_swa = rope_freq_base;
+        if swa {
+            rope_freq_base_swa = kv
+                .opt(ROPE_FREQ_BASE_SWA, "f32", Value::as_f32)?
+                .unwrap_or(rope_freq_base);
+            // llama.cpp honours a pattern key (scalar or per-layer array); we implement the released pattern only.
+            if let Some(v) = f.get(SLIDING_WINDOW_PATTERN) {
+                if v.as_u32() != Some(SWA_PATTERN) {
+                    return Err(bad(
+                        SLIDING_WINDOW_PATTERN,
+                        format!("{v:?}"),
+                        "only the default pattern 4 is supported",
+                    ));
+                }
+            }
+        }
+        if let Some(n_rot) = kv.opt(ROPE_DIMENSION_COUNT, "u32", Value::as_u32)? {
+            if n_rot != n_embd_head_k {
+                return Err(bad(
+                    ROPE_DIMENSION_COUNT,
+                    n_rot,
+                    format!("must equal the head size {n_embd_head_k}"),
+                ));
+            }
+        }
+        if let Some(t) = kv.opt(ROPE_SCALING_TYPE, "str", |v| v.as_str())? {
+            if t != "none" {
+                return Err(bad(ROPE_SCALING_TYPE, t, "RoPE scaling is not supported"));
+            }
+        }
+        if let Some(factor) = kv.opt(ROPE_SCALING_FACTOR, "f32", Value::as_f32)? {
+            if factor != 0.0 && factor != 1.0 {
+                return Err(bad(ROPE_SCALING_FACTOR, factor, "RoPE scaling is not supported"));
+            }
+        }
+
+        let tokens = kv.value(TOKENS)?;
+        let n_tokens = tokens
+            .as_array()
+            .filter(|a| a.elem_type() == crate::gguf::ValueType::String)
+            .map(|a| a.len());
+        let n_tokens = n_tokens.ok_or_else(|| wrong_type(TOKENS, "[str]", tokens))?;
+        let n_vocab = u32::try_from(n_tokens).map_err(|_| bad(TOKENS, n_tokens, "too many tokens"))?;
+
+        let hp = Hparams {
+            n_layer,
+            n_ctx_train,
+            n_embd,
+            n_ff,
+            n_head,
+            n_head_kv,
+            n_embd_head_k,
+            n_embd_head_v,
+            rope_freq_base,
+            rope_freq_base_swa,
+            rms_norm_eps,
+            n_expert,
+            n_expert_used,
+            n_ff_exp,
+            gating,
+            swa,
+            n_vocab,
+        };
+        hp.validate()?;
+        Ok(hp)
+    }
+}
+
+/// Typed metadata lookups that report the key.
+struct Kv<'a>(&'a GgufFile);
+
+impl<'a> Kv<'a> {
+    fn value(&self, key: &str) -> Result<&'a Value, ModelError> {
+        self.0
+            .get(key)
+            .ok_or_else(|| ModelError::MissingKey { key: key.to_string() })
+    }
+
+    fn opt<T>(
+        &self,
+        key: &str,
+        expected: &'static str,
+        get: impl Fn(&'a Value) -> Option<T>,
+    ) -> Result<Option<T>, ModelError> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(v) => get(v).map(Some).ok_or_else(|| wrong_type(key, expected, v)),
+        }
+    }
+
+    fn req<T>(&self, key: &str, expected: &'static str, get: impl Fn(&'a Value) -> Option<T>) -> Result<T, ModelError> {
+        let v = self.value(key)?;
+        get(v).ok_or_else(|| wrong_type(key, expected, v))
+    }
+}
+
+fn wrong_type(key: &str, expected: &'static str, v: &Value) -> ModelError {
+    ModelError::WrongType {
+        key: key.to_string(),
+        expected,
+        got: v.type_label(),
     }
 }
 

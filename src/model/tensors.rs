@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use super::{Hparams, ModelError};
-use crate::gguf::GgmlType;
+use crate::gguf::{GgmlType, GgufFile};
 
 /// One SmallThinker weight. Per-layer weights carry the layer index `il`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -203,6 +203,16 @@ pub fn validate<'a>(table: &[TensorSpec], file: impl IntoIterator<Item = FileTen
         return Err(ModelError::UnexpectedTensor { name: name.to_string() });
     }
     Ok(())
+}
+
+/// [`validate`] of a GGUF file's tensors against the table for `hp`.
+pub fn validate_file(hp: &Hparams, f: &GgufFile) -> Result<(), ModelError> {
+    let file = f.tensors().iter().map(|t| FileTensor {
+        name: &t.name,
+        ne: &t.dims,
+        ty: t.ty,
+    });
+    validate(&table(hp), file)
 }
 
 #[cfg(test)]

@@ -1,0 +1,153 @@
+//! One sequence being evaluated: the prompt in batches of `n_batch` tokens per graph, then decode one token at
+//! a time, through the KV cache. Each batch builds its graph in a fresh `no_alloc` compute context whose
+//! intermediates a graph allocator places; inputs are checked before any graph is built.
+
+use super::smallthinker::{build, graph_size, GraphInputs};
+use super::{KvCache, Model};
+use crate::ggml::{Context, ContextParams, CpuBackend, GgmlError, Tensor};
+use crate::gguf::GgmlType;
+use crate::graph::AttnInputs;
+
+/// Which logits an evaluation returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rows {
+    /// The last position only.
+    Last,
+    /// Every position evaluated.
+    All,
+}
+
+/// Why an evaluation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("no tokens to evaluate")]
+    Empty,
+    #[error("token {index} is {token}, outside the vocabulary of {n_vocab}")]
+    TokenOutOfRange { index: usize, token: u32, n_vocab: u32 },
+    #[error("{n_tokens} tokens after {n_past} do not fit the context of {n_ctx}")]
+    ContextFull { n_past: u32, n_tokens: usize, n_ctx: u32 },
+    #[error(transparent)]
+    Ggml(#[from] GgmlError),
+}
+
+/// Evaluation settings.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionParams {
+    /// Threads of the CPU backend.
+    pub n_threads: usize,
+}
+
+/// A model, its KV cache and the position reached.
+pub struct Session<'a> {
+    model: &'a Model<'a>,
+    kv: KvCache<'a>,
+    backend: CpuBackend,
+    n_past: u32,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(model: &'a Model<'a>, kv: KvCache<'a>, params: SessionParams) -> Result<Session<'a>, GgmlError> {
+        let backend = CpuBackend::new()?;
+        backend.set_n_threads(params.n_threads);
+        Ok(Session {
+            model,
+            kv,
+            backend,
+            n_past: 0,
+        })
+    }
+
+    /// Positions evaluated so far.
+    pub fn n_past(&self) -> u32 {
+        self.n_past
+    }
+
+    pub fn kv(&self) -> &KvCache<'a> {
+        &self.kv
+    }
+
+    /// Starts a new sequence.
+    pub fn reset(&mut self) {
+        self.kv.clear();
+        self.n_past = 0;
+    }
+
+    /// Evaluates `tokens` after the positions already seen and returns the logits of `rows`, row-major
+    /// `[n_rows][n_vocab]`. A failed compute leaves the cache in an unknown state: `reset` before reuse.
+    pub fn eval(&mut self, tokens: &[u32], rows: Rows) -> Result<Vec<f32>, EvalError> {
+        let n_vocab = self.model.hp.n_vocab;
+        let kvp = self.kv.params();
+        if tokens.is_empty() {
+            return Err(EvalError::Empty);
+        }
+        if let Some((index, &token)) = tokens.iter().enumerate().find(|(_, &t)| t >= n_vocab) {
+            return Err(EvalError::TokenOutOfRange { index, token, n_vocab });
+        }
+        if tokens.len() > (kvp.n_ctx - self.n_past) as usize {
+            return Err(EvalError::ContextFull {
+                n_past: self.n_past,
+                n_tokens: tokens.len(),
+                n_ctx: kvp.n_ctx,
+            });
+        }
+        let batches: Vec<&[u32]> = tokens.chunks(kvp.n_batch as usize).collect();
+        let mut logits = Vec::new();
+        for (i, batch) in batches.iter().enumerate() {
+            let out_rows: Vec<i32> = match rows {
+                Rows::All => (0..batch.len() as i32).collect(),
+                // Earlier batches still need one output row for the graph; it is discarded.
+                Rows::Last => vec![batch.len() as i32 - 1],
+            };
+            let out = self.eval_batch(batch, &out_rows)?;
+            if rows == Rows::All || i + 1 == batches.len() {
+                logits.extend(out);
+            }
+        }
+        Ok(logits)
+    }
+
+    fn eval_batch(&mut self, tokens: &[u32], out_rows: &[i32]) -> Result<Vec<f32>, EvalError> {
+        let hp = &self.model.hp;
+        let n_tokens = tokens.len() as u32;
+        let plan = self.kv.place(self.n_past, n_tokens);
+        let n_nodes = graph_size(hp);
+        let ctx = Context::new(ContextParams {
+            mem_size: 2 * n_nodes * Context::tensor_overhead() + Context::graph_overhead(n_nodes),
+            no_alloc: true,
+        })?;
+        let input =
+            |name: &str, ty: GgmlType, ne: &[i64]| -> Tensor<'_> { ctx.new_tensor(ty, ne).set_name(name).set_input() };
+        let n = i64::from(n_tokens);
+        let pos = input("inp_pos", GgmlType::I32, &[n]);
+        let attn_inputs = |kind: &str, n_kv: i64| AttnInputs {
+            pos,
+            kv_idxs: input(&format!("kv_idxs_{kind}"), GgmlType::I64, &[n]),
+            kq_mask: input(&format!("kq_mask_{kind}"), GgmlType::F32, &[n_kv, n]),
+        };
+        let inputs = GraphInputs {
+            tokens: input("inp_tokens", GgmlType::I32, &[n]),
+            out_ids: input("inp_out_ids", GgmlType::I32, &[out_rows.len() as i64]),
+            full: attn_inputs("full", plan.full.n_kv),
+            swa: plan.swa.as_ref().map(|s| attn_inputs("swa", s.n_kv)),
+        };
+        let mut gf = ctx.new_graph(n_nodes);
+        let logits = build(&ctx, &mut gf, self.model, &self.kv, &inputs).set_output();
+        gf.build_forward_expand(logits);
+        ctx.allocate_graph(&gf)?;
+
+        let tok: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+        inputs.tokens.set_i32(&tok)?;
+        inputs.out_ids.set_i32(out_rows)?;
+        let positions: Vec<i32> = (self.n_past..self.n_past + n_tokens).map(|p| p as i32).collect();
+        pos.set_i32(&positions)?;
+        for (inp, cells) in [(Some(inputs.full), Some(&plan.full)), (inputs.swa, plan.swa.as_ref())] {
+            if let (Some(inp), Some(cells)) = (inp, cells) {
+                inp.kv_idxs.set_i64(&cells.idxs)?;
+                inp.kq_mask.set_f32(&cells.mask)?;
+            }
+        }
+        gf.compute_with_backend(&self.backend)?;
+        self.n_past += n_tokens;
+        Ok(logits.to_f32_vec()?)
+    }
+}
