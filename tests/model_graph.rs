@@ -158,3 +158,53 @@ fn f16_kv_cache_is_close_to_f32() {
     eprintln!("f16 KV vs f32 KV: rel diff {rel:.2e}");
     assert!(rel > 0.0 && rel <= 1e-2, "rel diff {rel}");
 }
+
+/// The F32 tensors of a GGUF, for the naive oracle.
+struct F32File(smallthinker::gguf::GgufFile);
+
+impl common::reference::Weights for F32File {
+    fn tensor_f32(&self, name: &str) -> Option<(Vec<u64>, Vec<f32>)> {
+        let t = self.0.tensor(name)?;
+        assert_eq!(
+            t.ty,
+            smallthinker::gguf::GgmlType::F32,
+            "{name}: the oracle reads F32 only"
+        );
+        let data = self
+            .0
+            .tensor_data(t)
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()));
+        Some((t.dims.clone(), data.collect()))
+    }
+}
+
+/// Against the naive oracle (tests/common/reference.rs) on token sequences llama.cpp never saw, including
+/// stmha's weight-sum clamp tokens.
+#[test]
+fn graph_matches_the_naive_oracle_on_new_tokens() {
+    use common::reference::{RefModel, RefOptions};
+    for config in fixtures::CONFIGS {
+        let m = fixtures::manifest(config);
+        let mut x = 0x2545_f491_u32;
+        let mut tokens: Vec<u32> = (0..37)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x % m.n_vocab
+            })
+            .collect();
+        tokens.extend(&m.config.clamp_tokens);
+        let path = m.gguf("f32");
+        let oracle = RefModel::load(
+            &m.hparams(),
+            &F32File(smallthinker::gguf::GgufFile::open(&path).unwrap()),
+        );
+        let want = oracle.forward(&tokens, RefOptions::default());
+        let got = all_rows(&path, &tokens, 16);
+        let rel = rel_diff(&got, &want);
+        eprintln!("{config}: graph vs oracle rel diff {rel:.2e}");
+        assert!(rel <= F32_REL_TOL, "{config}: rel diff {rel}");
+    }
+}

@@ -15,8 +15,9 @@ use crate::graph::{AttnWeights, MoeWeights};
 pub enum LoadError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
-    #[error("{path}: {source}")]
-    Model { path: String, source: ModelError },
+    /// The file is not a SmallThinker model this crate can run (`error` names the key or tensor).
+    #[error("{path}: {error}")]
+    Model { path: String, error: ModelError },
     #[error(transparent)]
     Ggml(#[from] GgmlError),
 }
@@ -59,9 +60,9 @@ impl<'w> Model<'w> {
     /// Reads the hyperparameters, validates every tensor against the declared table, and creates the weight
     /// tensors in `ctx` (from [`Model::context`]) over the file's bytes, without copying.
     pub fn load(ctx: &'w Context, file: &'w GgufFile) -> Result<Model<'w>, LoadError> {
-        let model_err = |source| LoadError::Model {
+        let model_err = |error| LoadError::Model {
             path: file.path().display().to_string(),
-            source,
+            error,
         };
         let hp = Hparams::from_gguf(file).map_err(model_err)?;
         tensors::validate_file(&hp, file).map_err(model_err)?;

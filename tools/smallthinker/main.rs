@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod inspect;
+mod logits;
 
 #[derive(Parser)]
 #[command(
@@ -21,12 +22,15 @@ struct Cli {
 enum Command {
     /// Print a GGUF file's metadata and tensor table (like gguf-dump).
     Inspect(inspect::InspectArgs),
+    /// Run a model on token ids and write the logits (little-endian f32) to a file.
+    Logits(logits::LogitsArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(&args),
+        Command::Logits(args) => logits::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
