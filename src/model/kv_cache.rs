@@ -254,4 +254,65 @@ mod tests {
         assert_eq!((b.idxs.as_slice(), b.n_kv), ([3i64].as_slice(), 4));
         assert!(b.mask.iter().all(|v| *v == 0.0));
     }
+
+    fn hp(n_layer: u32, n_embd_head: u32, n_head_kv: u32) -> Hparams {
+        Hparams {
+            n_layer,
+            n_ctx_train: 16384,
+            n_embd: 2560,
+            n_ff: Some(768),
+            n_head: 28,
+            n_head_kv,
+            n_embd_head_k: n_embd_head,
+            n_embd_head_v: n_embd_head,
+            rope_freq_base: 1.5e6,
+            rope_freq_base_swa: 1.5e6,
+            rms_norm_eps: 1e-6,
+            n_expert: 64,
+            n_expert_used: 6,
+            n_ff_exp: 768,
+            gating: crate::model::Gating::Softmax,
+            swa: true,
+            n_vocab: 151936,
+        }
+    }
+
+    #[test]
+    fn allocation_matches_the_layout() {
+        // A small SWA model whose ring is shorter than the context.
+        let hp = hp(5, 8, 2);
+        for ty in [KvType::F16, KvType::F32] {
+            let p = KvParams {
+                n_ctx: 4200,
+                n_batch: 64,
+                ty,
+            };
+            let ctx = KvCache::context(&hp).unwrap();
+            let kv = KvCache::new(&ctx, &hp, p).unwrap();
+            let l = kv.layout();
+            assert_eq!((l.size_full, l.size_swa), (4200, 4160));
+            assert_eq!(kv.allocated_bytes(), l.bytes);
+            let row = 16 * ty.ggml().type_size();
+            assert_eq!(l.bytes, 2 * row * (2 * 4200 + 3 * 4160));
+            assert_eq!(kv.layer(1).k.ne(), [16, 4160, 1, 1]);
+            assert_eq!(kv.layer(4).v.ne(), [16, 4200, 1, 1]);
+        }
+    }
+
+    /// The 21B at 16K context with the default f16 cache and n_batch 512: 13 full layers of 16384 cells and
+    /// 39 SWA layers of 4608, against 52 full-length layers.
+    #[test]
+    fn memory_saved_for_the_21b_at_16k() {
+        let hp = hp(52, 128, 4);
+        let p = KvParams {
+            n_ctx: 16384,
+            n_batch: 512,
+            ty: KvType::F16,
+        };
+        let l = KvLayout::new(&hp, &p);
+        assert_eq!(l.size_swa, 4608);
+        assert_eq!(l.bytes_full_length, 2 * 1024 * 52 * 16384); // 1664 MiB
+        assert_eq!(l.bytes, 2 * 1024 * (13 * 16384 + 39 * 4608)); // 767 MiB
+        assert_eq!(l.bytes_full_length - l.bytes, 940_572_672); // 897 MiB saved, 53.9%
+    }
 }
