@@ -1,6 +1,23 @@
 //! One sequence being evaluated: the prompt in batches of `n_batch` tokens per graph, then decode one token at
 //! a time, through the KV cache. Each batch builds its graph in a fresh `no_alloc` compute context whose
 //! intermediates a graph allocator places; inputs are checked before any graph is built.
+//!
+//! The caller owns the contexts, so that the weights borrow the map and the cache borrows its context:
+//!
+//! ```no_run
+//! use smallthinker::gguf::GgufFile;
+//! use smallthinker::model::{KvCache, KvParams, KvType, Model, Rows, Session, SessionParams};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let file = GgufFile::open("model.gguf".as_ref())?;
+//! let wctx = Model::context(&file)?;
+//! let model = Model::load(&wctx, &file)?; // hparams and every tensor validated
+//! let kctx = KvCache::context(&model.hp)?;
+//! let kv = KvCache::new(&kctx, &model.hp, KvParams { n_ctx: 4096, n_batch: 512, ty: KvType::F16 })?;
+//! let mut session = Session::new(&model, kv, SessionParams { n_threads: 2 })?;
+//! let prompt = session.eval(&[1, 2, 3], Rows::Last)?; // [n_vocab]
+//! let next = session.eval(&[4], Rows::Last)?; // one decode step
+//! # Ok(()) }
+//! ```
 
 use super::smallthinker::{build, graph_size, GraphInputs};
 use super::{KvCache, Model};
