@@ -136,6 +136,11 @@ fn session_refuses_bad_tokens_and_overlong_prompts() {
         })
     ));
     assert_eq!(s.eval(&[1; 2], Rows::Last).unwrap().len(), 1024);
+    // n_batch 0 means one token per graph rather than a division by zero.
+    assert_eq!(
+        run(&st21b(), 8, 0, KvType::F32, &[(&[1, 2, 3], Rows::All)]).len(),
+        3 * 1024
+    );
 }
 
 fn logits_cmd(args: &[&str]) -> std::process::Output {

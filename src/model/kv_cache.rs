@@ -35,9 +35,18 @@ impl KvType {
 pub struct KvParams {
     /// Most positions the sequence may reach.
     pub n_ctx: u32,
-    /// Most tokens per evaluation (sizes the SWA ring).
+    /// Most tokens per graph (sizes the SWA ring); used as `n_batch.clamp(1, n_ctx)`.
     pub n_batch: u32,
     pub ty: KvType,
+}
+
+impl KvParams {
+    fn clamped(self) -> KvParams {
+        KvParams {
+            n_batch: self.n_batch.clamp(1, self.n_ctx.max(1)),
+            ..self
+        }
+    }
 }
 
 /// Cells per layer and bytes, computed without allocating anything.
@@ -55,6 +64,7 @@ pub struct KvLayout {
 
 impl KvLayout {
     pub fn new(hp: &Hparams, p: &KvParams) -> KvLayout {
+        let p = p.clamped();
         let size_full = p.n_ctx;
         let size_swa = hp.n_swa().map_or(size_full, |w| size_full.min(w + p.n_batch));
         let row =
@@ -158,6 +168,7 @@ impl<'k> KvCache<'k> {
 
     /// Allocates (zeroed) K and V of every layer in `ctx`, which must come from [`KvCache::context`].
     pub fn new(ctx: &'k Context, hp: &Hparams, params: KvParams) -> Result<KvCache<'k>, GgmlError> {
+        let params = params.clamped();
         let layout = KvLayout::new(hp, &params);
         let n_embd_gqa = i64::from(hp.n_embd_k_gqa());
         let layers = (0..hp.n_layer)
