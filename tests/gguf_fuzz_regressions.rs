@@ -111,7 +111,9 @@ fn mutated_files_never_panic() {
         std::fs::read(&ours).unwrap(),
     ];
     let mut rng = Rng(0x5EED_6767_0000_0001);
-    let (mut accepted, iterations) = (0, 30_000);
+    // GGUF_MUTATION_ITERS=N runs a longer campaign (the default keeps CI at about a second).
+    let iterations = std::env::var("GGUF_MUTATION_ITERS").map_or(30_000, |v| v.parse().expect("GGUF_MUTATION_ITERS"));
+    let mut accepted = 0;
     for i in 0..iterations {
         let m = mutate(&mut rng, &seeds[i % seeds.len()]);
         if std::panic::catch_unwind(|| check(&m)).is_err() {
@@ -122,8 +124,9 @@ fn mutated_files_never_panic() {
         accepted += usize::from(parse(&m).is_ok());
     }
     // Some mutations (in tensor data or padding) leave the file valid: the loop is not rejecting everything.
+    eprintln!("{iterations} mutants, {accepted} accepted");
     assert!(
-        accepted > 100 && accepted < iterations / 2,
+        accepted > iterations / 300 && accepted < iterations / 2,
         "{accepted} of {iterations} mutants accepted"
     );
 }

@@ -55,3 +55,28 @@ fn committed_fixture_is_what_the_script_writes() {
     let committed: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("pyref.json")).unwrap()).unwrap();
     assert_eq!(manifest, committed, "regenerate pyref.json");
 }
+
+/// Opt-in: every GGUF in $GGUF_REF_DIR (e.g. llama.cpp's models/ggml-vocab-*.gguf) reads identically in gguf-py
+/// and in our reader. `GGUF_REF_DIR=... cargo test --release --test gguf_pycheck -- --ignored`
+#[test]
+#[ignore]
+fn reference_files_read_identically() {
+    let dir = std::env::var_os("GGUF_REF_DIR").expect("set GGUF_REF_DIR to a folder of .gguf files");
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_none_or(|x| x != "gguf") {
+            continue;
+        }
+        let ours = GgufFile::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(
+            canon_file(&ours, true),
+            run_py("gguf_canon_dump.py", &[&path]),
+            "{}",
+            path.display()
+        );
+        n += 1;
+    }
+    eprintln!("{n} files read identically");
+    assert!(n > 0);
+}

@@ -29,6 +29,25 @@ impl GgufWriter {
     }
 
     /// Appends a KV pair; order is kept. A duplicate key is reported by [`GgufWriter::write`].
+    ///
+    /// Mind the type: an unsuffixed integer literal is an i32, but llama.cpp wants u32 for counts and ids and
+    /// rejects a key of the wrong type, so write `32u32`.
+    ///
+    /// ```
+    /// # use smallthinker::gguf::{GgmlType, GgufFile, GgufWriter, Value};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("m.gguf");
+    /// let mut w = GgufWriter::new();
+    /// w.add_kv("general.architecture", "smallthinker");
+    /// w.add_kv("smallthinker.block_count", 32u32);
+    /// w.add_kv("tokenizer.ggml.tokens", Value::string_array(vec!["a".into(), "b".into()]));
+    /// w.add_tensor("output_norm.weight", &[8], GgmlType::F32).unwrap();
+    /// w.write(&path, |_i, t, out| out.write_all(&vec![0u8; t.size as usize])).unwrap();
+    ///
+    /// let f = GgufFile::open(&path).unwrap();
+    /// assert_eq!(f.get_u32("smallthinker.block_count").unwrap(), 32);
+    /// assert_eq!(f.tensor_data(f.tensor("output_norm.weight").unwrap()), &[0u8; 32]);
+    /// ```
     pub fn add_kv(&mut self, key: impl Into<String>, v: impl Into<Value>) {
         self.kv.push((key.into(), v.into()));
     }

@@ -86,7 +86,8 @@ fn show(v: &Value, full: bool) -> String {
     match v {
         Value::String(x) => quote(x, full),
         Value::Array(a) => show_array(a, full),
-        Value::F32(x) => show_float(f64::from(*x)),
+        // Through the shortest f32 text, so 1e-6f32 shows as 1e-6 rather than 9.999999974752427e-7.
+        Value::F32(x) => show_float(f32_to_f64(*x)),
         Value::F64(x) => show_float(*x),
         v => value_json(v).to_string(),
     }
@@ -151,6 +152,11 @@ fn float_json(x: f64) -> Json {
         .unwrap_or_else(|| Json::String(x.to_string().to_lowercase()))
 }
 
+/// The f64 nearest to the shortest decimal that reads back as `x`: what a human or a JSON reader expects to see.
+fn f32_to_f64(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::from(x))
+}
+
 fn value_json(v: &Value) -> Json {
     match v {
         Value::U8(x) => json!(x),
@@ -161,7 +167,7 @@ fn value_json(v: &Value) -> Json {
         Value::I32(x) => json!(x),
         Value::U64(x) => json!(x),
         Value::I64(x) => json!(x),
-        Value::F32(x) => float_json(f64::from(*x)),
+        Value::F32(x) => float_json(f32_to_f64(*x)),
         Value::F64(x) => float_json(*x),
         Value::Bool(x) => json!(x),
         Value::String(x) => json!(x),
@@ -179,7 +185,7 @@ fn array_json(a: &Array) -> Json {
         Array::I32(v) => json!(v),
         Array::U64(v) => json!(v),
         Array::I64(v) => json!(v),
-        Array::F32(v) => Json::Array(v.iter().map(|&x| float_json(f64::from(x))).collect()),
+        Array::F32(v) => Json::Array(v.iter().map(|&x| float_json(f32_to_f64(x))).collect()),
         Array::F64(v) => Json::Array(v.iter().map(|&x| float_json(x)).collect()),
         Array::Bool(v) => json!(v),
         Array::String(v) => json!(v),

@@ -35,7 +35,18 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Names and keys from a corrupt file can hold control characters: escape them, keep the rest readable.
+            let msg: String = format!("{e:#}")
+                .chars()
+                .map(|c| {
+                    if c.is_control() {
+                        c.escape_default().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect();
+            eprintln!("error: {msg}");
             ExitCode::FAILURE
         }
     }

@@ -13,7 +13,11 @@ fuzz_target!(|data: &[u8]| {
     for t in &h.tensors {
         assert_eq!(t.offset, expected, "offsets are the padded running sum");
         let start = h.data_offset + t.offset;
-        assert!(data.get(start as usize..(start + t.size) as usize).is_some(), "tensor {} out of range", t.name);
+        assert!(
+            data.get(start as usize..(start + t.size) as usize).is_some(),
+            "tensor {} out of range",
+            t.name
+        );
         assert!(h.tensor(&t.name).is_some());
         expected = t.offset + t.size.div_ceil(h.alignment) * h.alignment;
     }
