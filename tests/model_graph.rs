@@ -208,3 +208,67 @@ fn graph_matches_the_naive_oracle_on_new_tokens() {
         assert!(rel <= F32_REL_TOL, "{config}: rel diff {rel}");
     }
 }
+
+/// Every intermediate carries llama.cpp's name, in every batch, with the values its name promises.
+#[test]
+fn intermediates_carry_llama_cpp_names() {
+    use smallthinker::gguf::GgufFile;
+    use smallthinker::model::{KvCache, Model, Session, SessionParams};
+    let m = fixtures::manifest("st21b");
+    let file = GgufFile::open(&m.gguf("f32")).unwrap();
+    let wctx = Model::context(&file).unwrap();
+    let model = Model::load(&wctx, &file).unwrap();
+    let hp = model.hp.clone();
+    let kctx = KvCache::context(&hp).unwrap();
+    let params = KvParams {
+        n_ctx: 64,
+        n_batch: 5,
+        ty: KvType::F32,
+    };
+    let mut s = Session::new(
+        &model,
+        KvCache::new(&kctx, &hp, params).unwrap(),
+        SessionParams { n_threads: 2 },
+    )
+    .unwrap();
+    let per_layer = [
+        "attn_norm",
+        "Qcur",
+        "Kcur",
+        "Vcur",
+        "kq",
+        "ffn_inp",
+        "ffn_norm",
+        "ffn_moe_logits",
+        "ffn_moe_probs",
+        "ffn_moe_weights_norm",
+        "ffn_moe_out",
+        "l_out",
+    ];
+    let mut names: Vec<String> = (0..hp.n_layer)
+        .flat_map(|il| per_layer.iter().map(move |n| format!("{n}-{il}")))
+        .collect();
+    names.extend(["result_norm".to_string(), "result_output".to_string()]);
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let tokens = &m.sequences["a"]; // 12 tokens: batches of 5, 5, 2
+    let (logits, traced) = s.eval_traced(tokens, Rows::All, &refs).unwrap();
+    assert_eq!(traced.len(), 3 * names.len(), "every name in every batch");
+    let get = |name: &str, batch: usize| traced.iter().find(|t| t.name == name && t.batch == batch).unwrap();
+    let n_tok = [5, 5, 2];
+    for (batch, &n) in n_tok.iter().enumerate() {
+        let w = get("ffn_moe_weights_norm-2", batch);
+        assert_eq!(w.ne[..2], [2, n]);
+        for col in w.values.chunks_exact(2) {
+            assert!(
+                (col.iter().sum::<f32>() - 1.0).abs() < 1e-5,
+                "weights renormalised: {col:?}"
+            );
+        }
+        assert_eq!(get("Qcur-1", batch).ne[..3], [128, 2, n]);
+        // kq of the last batch spans every cell written so far.
+        assert_eq!(get("kq-0", batch).ne[..3], [5 * batch as i64 + n, n, 2]);
+    }
+    // result_output of the last batch is the last rows of the returned logits.
+    let last = &get("result_output", 2).values;
+    assert_eq!(&logits[logits.len() - last.len()..], &last[..]);
+}

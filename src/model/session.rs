@@ -47,6 +47,19 @@ pub enum EvalError {
     Ggml(#[from] GgmlError),
 }
 
+/// One named intermediate read back after a batch (llama.cpp's eval callback, for bisecting mismatches).
+#[derive(Clone, Debug)]
+pub struct Traced {
+    /// llama.cpp's name, e.g. `ffn_moe_logits-3`.
+    pub name: String,
+    /// Index of the batch (of `n_batch` tokens) it comes from.
+    pub batch: usize,
+    /// ggml shape.
+    pub ne: [i64; 4],
+    /// Values in ggml order (I32 tensors such as `ffn_moe_topk` converted to f32).
+    pub values: Vec<f32>,
+}
+
 /// Evaluation settings.
 #[derive(Clone, Copy, Debug)]
 pub struct SessionParams {
@@ -92,6 +105,17 @@ impl<'a> Session<'a> {
     /// Evaluates `tokens` after the positions already seen and returns the logits of `rows`, row-major
     /// `[n_rows][n_vocab]`. A failed compute leaves the cache in an unknown state: `reset` before reuse.
     pub fn eval(&mut self, tokens: &[u32], rows: Rows) -> Result<Vec<f32>, EvalError> {
+        self.eval_traced(tokens, rows, &[]).map(|(logits, _)| logits)
+    }
+
+    /// [`eval`](Self::eval), also returning the graph tensors named in `trace` (kept out of the allocator's
+    /// memory reuse), one entry per batch that has them. Strided views (`ffn_moe_topk`) are not returned.
+    pub fn eval_traced(
+        &mut self,
+        tokens: &[u32],
+        rows: Rows,
+        trace: &[&str],
+    ) -> Result<(Vec<f32>, Vec<Traced>), EvalError> {
         let n_vocab = self.model.hp.n_vocab;
         let kvp = self.kv.params();
         if tokens.is_empty() {
@@ -109,21 +133,28 @@ impl<'a> Session<'a> {
         }
         let batches: Vec<&[u32]> = tokens.chunks(kvp.n_batch as usize).collect();
         let mut logits = Vec::new();
+        let mut traced = Vec::new();
         for (i, batch) in batches.iter().enumerate() {
             let out_rows: Vec<i32> = match rows {
                 Rows::All => (0..batch.len() as i32).collect(),
                 // Earlier batches still need one output row for the graph; it is discarded.
                 Rows::Last => vec![batch.len() as i32 - 1],
             };
-            let out = self.eval_batch(batch, &out_rows)?;
+            let out = self.eval_batch(batch, &out_rows, trace, &mut |t| traced.push(Traced { batch: i, ..t }))?;
             if rows == Rows::All || i + 1 == batches.len() {
                 logits.extend(out);
             }
         }
-        Ok(logits)
+        Ok((logits, traced))
     }
 
-    fn eval_batch(&mut self, tokens: &[u32], out_rows: &[i32]) -> Result<Vec<f32>, EvalError> {
+    fn eval_batch(
+        &mut self,
+        tokens: &[u32],
+        out_rows: &[i32],
+        trace: &[&str],
+        traced: &mut dyn FnMut(Traced),
+    ) -> Result<Vec<f32>, EvalError> {
         let hp = &self.model.hp;
         let n_tokens = tokens.len() as u32;
         let plan = self.kv.place(self.n_past, n_tokens);
@@ -150,6 +181,11 @@ impl<'a> Session<'a> {
         let mut gf = ctx.new_graph(n_nodes);
         let logits = build(&ctx, &mut gf, self.model, &self.kv, &inputs).set_output();
         gf.build_forward_expand(logits);
+        let keep: Vec<Tensor<'_>> = trace
+            .iter()
+            .filter_map(|n| gf.get_tensor(n))
+            .map(|t| t.set_output())
+            .collect();
         ctx.allocate_graph(&gf)?;
 
         let tok: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
@@ -165,6 +201,19 @@ impl<'a> Session<'a> {
         }
         gf.compute_with_backend(&self.backend)?;
         self.n_past += n_tokens;
+        for t in keep {
+            let t = if t.is_contiguous() { t } else { continue };
+            let values = match t.ty() {
+                GgmlType::I32 => t.to_i32_vec()?.into_iter().map(|v| v as f32).collect(),
+                _ => t.to_f32_vec()?,
+            };
+            traced(Traced {
+                name: t.name(),
+                batch: 0,
+                ne: t.ne(),
+                values,
+            });
+        }
         Ok(logits.to_f32_vec()?)
     }
 }
