@@ -2,5 +2,5 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod fixtures;
-pub mod mini_gguf;
+pub mod gguf_weights;
 pub mod reference;

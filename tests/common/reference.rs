@@ -17,6 +17,9 @@ pub trait Weights {
     fn tensor_f32(&self, name: &str) -> Option<(Vec<u64>, Vec<f32>)>;
 }
 
+/// Receives `(name, il, token, values)` for each traced intermediate (see `RefModel::forward_traced`).
+pub type Trace<'a> = &'a mut dyn FnMut(&str, i32, usize, &[f32]);
+
 /// Switches for sensitivity checks: the defaults are llama.cpp's behaviour.
 #[derive(Clone, Copy, Debug)]
 pub struct RefOptions {
@@ -96,6 +99,14 @@ impl RefModel {
 
     /// Logits for every position of `tokens` (positions 0..n), row-major `[n_tokens][n_vocab]`.
     pub fn forward(&self, tokens: &[u32], opts: RefOptions) -> Vec<f32> {
+        self.forward_traced(tokens, opts, &mut |_, _, _, _| {})
+    }
+
+    /// [`forward`](Self::forward), reporting intermediates to `trace(name, il, token, values)` under
+    /// llama.cpp's tensor names (`attn_norm`, `Qcur`, `Kcur`, `Vcur`, `kqv_out`, `ffn_inp`, `ffn_norm`,
+    /// `ffn_moe_logits`, `ffn_moe_probs`, `ffn_moe_topk` (expert ids as f32), `ffn_moe_weights_norm`,
+    /// `ffn_moe_out`, `l_out`; `result_norm` with il = -1), one token at a time, to bisect a graph mismatch.
+    pub fn forward_traced(&self, tokens: &[u32], opts: RefOptions, trace: Trace) -> Vec<f32> {
         let hp = &self.hp;
         let n_embd = hp.n_embd as usize;
         let n_vocab = hp.n_vocab as usize;
@@ -108,19 +119,21 @@ impl RefModel {
             inp_l.extend_from_slice(&self.tok_embd[t as usize * n_embd..][..n_embd]);
         }
         for (il, layer) in self.layers.iter().enumerate() {
-            inp_l = self.layer(il as u32, layer, &inp_l, n_tokens, opts);
+            inp_l = self.layer(il as u32, layer, &inp_l, n_tokens, opts, trace);
         }
 
         let out_w = self.output.as_ref().unwrap_or(&self.tok_embd);
         let mut logits = vec![0f32; n_vocab * n_tokens];
         for t in 0..n_tokens {
-            let cur = rms_norm(&inp_l[t * n_embd..][..n_embd], &self.output_norm, hp.rms_norm_eps); // result_norm
+            let cur = rms_norm(&inp_l[t * n_embd..][..n_embd], &self.output_norm, hp.rms_norm_eps);
+            trace("result_norm", -1, t, &cur);
             matvec(out_w, &cur, &mut logits[t * n_vocab..][..n_vocab]); // result_output
         }
         logits
     }
 
-    fn layer(&self, il: u32, l: &Layer, inp_l: &[f32], n_tokens: usize, opts: RefOptions) -> Vec<f32> {
+    fn layer(&self, il: u32, l: &Layer, inp_l: &[f32], n_tokens: usize, opts: RefOptions, trace: Trace) -> Vec<f32> {
+        let ti = il as i32;
         let hp = &self.hp;
         let n_embd = hp.n_embd as usize;
         let hd = hp.n_embd_head() as usize;
@@ -139,7 +152,8 @@ impl RefModel {
         let mut k = vec![0f32; n_embd_gqa * n_tokens];
         let mut v = vec![0f32; n_embd_gqa * n_tokens];
         for t in 0..n_tokens {
-            let cur = rms_norm(&inp_l[t * n_embd..][..n_embd], &l.attn_norm, hp.rms_norm_eps); // attn_norm
+            let cur = rms_norm(&inp_l[t * n_embd..][..n_embd], &l.attn_norm, hp.rms_norm_eps);
+            trace("attn_norm", ti, t, &cur);
             let (qt, kt, vt) = (
                 &mut q[t * n_embd_q..][..n_embd_q],
                 &mut k[t * n_embd_gqa..][..n_embd_gqa],
@@ -153,6 +167,9 @@ impl RefModel {
                 qt.chunks_exact_mut(hd).for_each(|h| rope_neox(h, t, base));
                 kt.chunks_exact_mut(hd).for_each(|h| rope_neox(h, t, base));
             }
+            trace("Qcur", ti, t, qt);
+            trace("Kcur", ti, t, kt);
+            trace("Vcur", ti, t, vt);
         }
 
         let kq_scale = 1.0 / (hd as f32).sqrt();
@@ -178,27 +195,42 @@ impl RefModel {
                     o.iter_mut().zip(vj).for_each(|(oi, &vi)| *oi += p * vi);
                 }
             }
+            trace("kqv_out", ti, t, &kqv);
             matvec(&l.wo, &kqv, &mut attn_out);
 
             let inp_sa = &inp_l[t * n_embd..][..n_embd];
             let ffn_inp: Vec<f32> = attn_out.iter().zip(inp_sa).map(|(a, b)| a + b).collect();
-            let cur = rms_norm(&ffn_inp, &l.ffn_norm, hp.rms_norm_eps); // ffn_norm
+            trace("ffn_inp", ti, t, &ffn_inp);
+            let cur = rms_norm(&ffn_inp, &l.ffn_norm, hp.rms_norm_eps);
+            trace("ffn_norm", ti, t, &cur);
 
             // SmallThinker: the router reads the raw layer input, not the normed attention output.
             let mut probs = vec![0f32; n_expert];
-            matvec(&l.router, inp_sa, &mut probs); // ffn_moe_logits
+            matvec(&l.router, inp_sa, &mut probs);
+            trace("ffn_moe_logits", ti, t, &probs);
             match hp.gating() {
                 Gating::Softmax => softmax_in_place(&mut probs),
                 Gating::Sigmoid => probs.iter_mut().for_each(|p| *p = 1.0 / (1.0 + (-*p).exp())),
             }
-            let moe = self.moe(l, &cur, &probs, opts);
-            out.extend(moe.iter().zip(&ffn_inp).map(|(a, b)| a + b)); // l_out
+            trace("ffn_moe_probs", ti, t, &probs);
+            let moe = self.moe(l, &cur, &probs, opts, &mut |name, values| trace(name, ti, t, values));
+            trace("ffn_moe_out", ti, t, &moe);
+            let l_out: Vec<f32> = moe.iter().zip(&ffn_inp).map(|(a, b)| a + b).collect();
+            trace("l_out", ti, t, &l_out);
+            out.extend(l_out);
         }
         out
     }
 
     /// One token's MoE output: top-k on the gated probabilities, renormalised, ReGLU experts, summed in slot order.
-    fn moe(&self, l: &Layer, cur: &[f32], probs: &[f32], opts: RefOptions) -> Vec<f32> {
+    fn moe(
+        &self,
+        l: &Layer,
+        cur: &[f32],
+        probs: &[f32],
+        opts: RefOptions,
+        trace: &mut dyn FnMut(&str, &[f32]),
+    ) -> Vec<f32> {
         let hp = &self.hp;
         let n_embd = hp.n_embd as usize;
         let n_ff = hp.n_ff_exp as usize;
@@ -209,6 +241,11 @@ impl RefModel {
         let selected = &order[..k]; // ffn_moe_topk
         let sum: f32 = selected.iter().map(|&e| probs[e]).sum();
         let denom = sum.max(opts.weights_sum_min);
+        trace("ffn_moe_topk", &selected.iter().map(|&e| e as f32).collect::<Vec<_>>());
+        trace(
+            "ffn_moe_weights_norm",
+            &selected.iter().map(|&e| probs[e] / denom).collect::<Vec<_>>(),
+        );
 
         let mut out = vec![0f32; n_embd];
         let mut gate = vec![0f32; n_ff];
