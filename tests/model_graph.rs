@@ -159,26 +159,6 @@ fn f16_kv_cache_is_close_to_f32() {
     assert!(rel > 0.0 && rel <= 1e-2, "rel diff {rel}");
 }
 
-/// The F32 tensors of a GGUF, for the naive oracle.
-struct F32File(smallthinker::gguf::GgufFile);
-
-impl common::reference::Weights for F32File {
-    fn tensor_f32(&self, name: &str) -> Option<(Vec<u64>, Vec<f32>)> {
-        let t = self.0.tensor(name)?;
-        assert_eq!(
-            t.ty,
-            smallthinker::gguf::GgmlType::F32,
-            "{name}: the oracle reads F32 only"
-        );
-        let data = self
-            .0
-            .tensor_data(t)
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()));
-        Some((t.dims.clone(), data.collect()))
-    }
-}
-
 /// Against the naive oracle (tests/common/reference.rs) on token sequences llama.cpp never saw, including
 /// stmha's weight-sum clamp tokens.
 #[test]
@@ -197,10 +177,7 @@ fn graph_matches_the_naive_oracle_on_new_tokens() {
             .collect();
         tokens.extend(&m.config.clamp_tokens);
         let path = m.gguf("f32");
-        let oracle = RefModel::load(
-            &m.hparams(),
-            &F32File(smallthinker::gguf::GgufFile::open(&path).unwrap()),
-        );
+        let oracle = RefModel::load(&m.hparams(), &smallthinker::gguf::GgufFile::open(&path).unwrap());
         let want = oracle.forward(&tokens, RefOptions::default());
         let got = all_rows(&path, &tokens, 16);
         let rel = rel_diff(&got, &want);

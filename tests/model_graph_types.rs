@@ -7,7 +7,7 @@
 mod common;
 mod model_graph_util;
 
-use common::reference::{RefModel, RefOptions, Weights};
+use common::reference::{RefModel, RefOptions};
 
 use std::io::Write;
 use std::path::Path;
@@ -98,20 +98,6 @@ fn write_model(path: &Path, ty: GgmlType) {
         .unwrap();
 }
 
-/// Any tensor as f32, dequantized with ggml's own routines.
-struct Dequantized(GgufFile);
-
-impl Weights for Dequantized {
-    fn tensor_f32(&self, name: &str) -> Option<(Vec<u64>, Vec<f32>)> {
-        let t = self.0.tensor(name)?;
-        let n = t.n_elements() as usize;
-        Some((
-            t.dims.clone(),
-            quant::dequantize(t.ty, self.0.tensor_data(t), n).unwrap(),
-        ))
-    }
-}
-
 #[test]
 fn every_weight_type_loads_and_tracks_f32() {
     let dir = tempfile::tempdir().unwrap();
@@ -144,7 +130,7 @@ fn every_weight_type_loads_and_tracks_f32() {
         last = e;
         // The same weights dequantized, through the naive oracle: only ggml's activation rounding differs.
         let file = GgufFile::open(&dir.path().join(format!("{}.gguf", ty.name()))).unwrap();
-        let oracle = RefModel::load(&hparams(), &Dequantized(file)).forward(&tokens, RefOptions::default());
+        let oracle = RefModel::load(&hparams(), &file).forward(&tokens, RefOptions::default());
         let e_oracle = nmse(&got, &oracle);
         eprintln!("{ty}: nmse {e_oracle:.2e} vs the oracle on the dequantized weights");
         assert!(
