@@ -7,6 +7,7 @@ pub mod chat;
 pub mod convert;
 pub mod ggml;
 pub mod gguf;
+pub mod graph;
 pub mod model;
 pub mod sampling;
 pub mod synth;

@@ -5,10 +5,17 @@
 //! Shapes are in ggml order (`ne[0]` first, the fastest-varying dimension), the reverse of PyTorch's.
 
 mod hparams;
+pub mod kv_cache;
+pub mod session;
+pub mod smallthinker;
 pub mod tensors;
+pub mod weights;
 
 pub use hparams::{keys, Gating, Hparams, MoeParams, NO_ROPE_LAYER_STEP, N_SWA, SWA_PATTERN, WEIGHTS_SUM_MIN};
+pub use kv_cache::{KvCache, KvLayout, KvParams, KvType};
+pub use session::{EvalError, Rows, Session, SessionParams, Traced};
 pub use tensors::{TensorKind, TensorSpec, Weight};
+pub use weights::{LayerWeights, LoadError, Model};
 
 use crate::gguf::GgmlType;
 

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod convert;
 mod inspect;
+mod logits;
 mod synth;
 
 #[derive(Parser)]
@@ -27,6 +28,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Write a random-weight HF-format SmallThinker checkpoint (for tests and benchmarks).
     Synth(synth::Args),
+    /// Run a model on token ids and write the logits (little-endian f32) to a file.
+    Logits(logits::LogitsArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => convert::run(args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Synth(args) => synth::run(args),
+        Command::Logits(args) => logits::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,19 @@
+//! Reusable transformer blocks over the safe ggml wrapper, each configured by a params struct instead of
+//! llama.cpp's positional flags: [`attention`] (`build_attn` without flash attention) and [`moe_ffn`]
+//! (`build_moe_ffn`). Intermediates are named as llama.cpp names them (`"{name}-{il}"`), so a dump can be diffed
+//! against llama.cpp's eval callback.
+//!
+//! Shapes in comments are in ggml order (innermost first), the reverse of PyTorch's.
+
+pub mod attention;
+pub mod moe;
+
+pub use attention::{attention, AttnInputs, AttnParams, AttnWeights, KvLayer};
+pub use moe::{moe_ffn, MoeWeights};
+
+use crate::ggml::{Context, Tensor};
+
+/// `rms_norm(x) * w` (llama.cpp's `build_norm` with `LLM_NORM_RMS`): `x [n, ...]`, `w [n]`.
+pub fn rms_norm_w<'a>(ctx: &'a Context, x: Tensor<'a>, w: Tensor<'a>, eps: f32) -> Tensor<'a> {
+    ctx.mul(ctx.rms_norm(x, eps), w)
+}

@@ -1,0 +1,219 @@
+//! One sequence being evaluated: the prompt in batches of `n_batch` tokens per graph, then decode one token at
+//! a time, through the KV cache. Each batch builds its graph in a fresh `no_alloc` compute context whose
+//! intermediates a graph allocator places; inputs are checked before any graph is built.
+//!
+//! The caller owns the contexts, so that the weights borrow the map and the cache borrows its context:
+//!
+//! ```no_run
+//! use smallthinker::gguf::GgufFile;
+//! use smallthinker::model::{KvCache, KvParams, KvType, Model, Rows, Session, SessionParams};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let file = GgufFile::open("model.gguf".as_ref())?;
+//! let wctx = Model::context(&file)?;
+//! let model = Model::load(&wctx, &file)?; // hparams and every tensor validated
+//! let kctx = KvCache::context(&model.hp)?;
+//! let kv = KvCache::new(&kctx, &model.hp, KvParams { n_ctx: 4096, n_batch: 512, ty: KvType::F16 })?;
+//! let mut session = Session::new(&model, kv, SessionParams { n_threads: 2 })?;
+//! let prompt = session.eval(&[1, 2, 3], Rows::Last)?; // [n_vocab]
+//! let next = session.eval(&[4], Rows::Last)?; // one decode step
+//! # Ok(()) }
+//! ```
+
+use super::smallthinker::{build, graph_size, GraphInputs};
+use super::{KvCache, Model};
+use crate::ggml::{Context, ContextParams, CpuBackend, GgmlError, Tensor};
+use crate::gguf::GgmlType;
+use crate::graph::AttnInputs;
+
+/// Which logits an evaluation returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rows {
+    /// The last position only.
+    Last,
+    /// Every position evaluated.
+    All,
+}
+
+/// Why an evaluation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("no tokens to evaluate")]
+    Empty,
+    #[error("token {index} is {token}, outside the vocabulary of {n_vocab}")]
+    TokenOutOfRange { index: usize, token: u32, n_vocab: u32 },
+    #[error("{n_tokens} tokens after {n_past} do not fit the context of {n_ctx}")]
+    ContextFull { n_past: u32, n_tokens: usize, n_ctx: u32 },
+    #[error(transparent)]
+    Ggml(#[from] GgmlError),
+}
+
+/// One named intermediate read back after a batch (llama.cpp's eval callback, for bisecting mismatches).
+#[derive(Clone, Debug)]
+pub struct Traced {
+    /// llama.cpp's name, e.g. `ffn_moe_logits-3`.
+    pub name: String,
+    /// Index of the batch (of `n_batch` tokens) it comes from.
+    pub batch: usize,
+    /// ggml shape.
+    pub ne: [i64; 4],
+    /// Values in ggml order (I32 tensors such as `ffn_moe_topk` converted to f32).
+    pub values: Vec<f32>,
+}
+
+/// Evaluation settings.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionParams {
+    /// Threads of the CPU backend.
+    pub n_threads: usize,
+}
+
+/// A model, its KV cache and the position reached.
+pub struct Session<'a> {
+    model: &'a Model<'a>,
+    kv: KvCache<'a>,
+    backend: CpuBackend,
+    n_past: u32,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(model: &'a Model<'a>, kv: KvCache<'a>, params: SessionParams) -> Result<Session<'a>, GgmlError> {
+        let backend = CpuBackend::new()?;
+        backend.set_n_threads(params.n_threads);
+        Ok(Session {
+            model,
+            kv,
+            backend,
+            n_past: 0,
+        })
+    }
+
+    /// Positions evaluated so far.
+    pub fn n_past(&self) -> u32 {
+        self.n_past
+    }
+
+    pub fn kv(&self) -> &KvCache<'a> {
+        &self.kv
+    }
+
+    /// Starts a new sequence.
+    pub fn reset(&mut self) {
+        self.kv.clear();
+        self.n_past = 0;
+    }
+
+    /// Evaluates `tokens` after the positions already seen and returns the logits of `rows`, row-major
+    /// `[n_rows][n_vocab]`. A failed compute leaves the cache in an unknown state: `reset` before reuse.
+    pub fn eval(&mut self, tokens: &[u32], rows: Rows) -> Result<Vec<f32>, EvalError> {
+        self.eval_traced(tokens, rows, &[]).map(|(logits, _)| logits)
+    }
+
+    /// [`eval`](Self::eval), also returning the graph tensors named in `trace` (kept out of the allocator's
+    /// memory reuse), one entry per batch that has them. Strided views (`ffn_moe_topk`) are not returned.
+    pub fn eval_traced(
+        &mut self,
+        tokens: &[u32],
+        rows: Rows,
+        trace: &[&str],
+    ) -> Result<(Vec<f32>, Vec<Traced>), EvalError> {
+        let n_vocab = self.model.hp.n_vocab;
+        let kvp = self.kv.params();
+        if tokens.is_empty() {
+            return Err(EvalError::Empty);
+        }
+        if let Some((index, &token)) = tokens.iter().enumerate().find(|(_, &t)| t >= n_vocab) {
+            return Err(EvalError::TokenOutOfRange { index, token, n_vocab });
+        }
+        if tokens.len() > (kvp.n_ctx - self.n_past) as usize {
+            return Err(EvalError::ContextFull {
+                n_past: self.n_past,
+                n_tokens: tokens.len(),
+                n_ctx: kvp.n_ctx,
+            });
+        }
+        let batches: Vec<&[u32]> = tokens.chunks(kvp.n_batch as usize).collect();
+        let mut logits = Vec::new();
+        let mut traced = Vec::new();
+        for (i, batch) in batches.iter().enumerate() {
+            let out_rows: Vec<i32> = match rows {
+                Rows::All => (0..batch.len() as i32).collect(),
+                // Earlier batches still need one output row for the graph; it is discarded.
+                Rows::Last => vec![batch.len() as i32 - 1],
+            };
+            let out = self.eval_batch(batch, &out_rows, trace, &mut |t| traced.push(Traced { batch: i, ..t }))?;
+            if rows == Rows::All || i + 1 == batches.len() {
+                logits.extend(out);
+            }
+        }
+        Ok((logits, traced))
+    }
+
+    fn eval_batch(
+        &mut self,
+        tokens: &[u32],
+        out_rows: &[i32],
+        trace: &[&str],
+        traced: &mut dyn FnMut(Traced),
+    ) -> Result<Vec<f32>, EvalError> {
+        let hp = &self.model.hp;
+        let n_tokens = tokens.len() as u32;
+        let plan = self.kv.place(self.n_past, n_tokens);
+        let n_nodes = graph_size(hp);
+        let ctx = Context::new(ContextParams {
+            mem_size: 2 * n_nodes * Context::tensor_overhead() + Context::graph_overhead(n_nodes),
+            no_alloc: true,
+        })?;
+        let input =
+            |name: &str, ty: GgmlType, ne: &[i64]| -> Tensor<'_> { ctx.new_tensor(ty, ne).set_name(name).set_input() };
+        let n = i64::from(n_tokens);
+        let pos = input("inp_pos", GgmlType::I32, &[n]);
+        let attn_inputs = |kind: &str, n_kv: i64| AttnInputs {
+            pos,
+            kv_idxs: input(&format!("kv_idxs_{kind}"), GgmlType::I64, &[n]),
+            kq_mask: input(&format!("kq_mask_{kind}"), GgmlType::F32, &[n_kv, n]),
+        };
+        let inputs = GraphInputs {
+            tokens: input("inp_tokens", GgmlType::I32, &[n]),
+            out_ids: input("inp_out_ids", GgmlType::I32, &[out_rows.len() as i64]),
+            full: attn_inputs("full", plan.full.n_kv),
+            swa: plan.swa.as_ref().map(|s| attn_inputs("swa", s.n_kv)),
+        };
+        let mut gf = ctx.new_graph(n_nodes);
+        let logits = build(&ctx, &mut gf, self.model, &self.kv, &inputs).set_output();
+        gf.build_forward_expand(logits);
+        let keep: Vec<Tensor<'_>> = trace
+            .iter()
+            .filter_map(|n| gf.get_tensor(n))
+            .map(|t| t.set_output())
+            .collect();
+        ctx.allocate_graph(&gf)?;
+
+        let tok: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+        inputs.tokens.set_i32(&tok)?;
+        inputs.out_ids.set_i32(out_rows)?;
+        let positions: Vec<i32> = (self.n_past..self.n_past + n_tokens).map(|p| p as i32).collect();
+        pos.set_i32(&positions)?;
+        for (inp, cells) in [(Some(inputs.full), Some(&plan.full)), (inputs.swa, plan.swa.as_ref())] {
+            if let (Some(inp), Some(cells)) = (inp, cells) {
+                inp.kv_idxs.set_i64(&cells.idxs)?;
+                inp.kq_mask.set_f32(&cells.mask)?;
+            }
+        }
+        gf.compute_with_backend(&self.backend)?;
+        self.n_past += n_tokens;
+        for t in keep {
+            let t = if t.is_contiguous() { t } else { continue };
+            let values = match t.ty() {
+                GgmlType::I32 => t.to_i32_vec()?.into_iter().map(|v| v as f32).collect(),
+                _ => t.to_f32_vec()?,
+            };
+            traced(Traced {
+                name: t.name(),
+                batch: 0,
+                ne: t.ne(),
+                values,
+            });
+        }
+        Ok(logits.to_f32_vec()?)
+    }
+}

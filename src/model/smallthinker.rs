@@ -1,0 +1,86 @@
+//! The SmallThinker forward graph, in the order of llama.cpp's `src/models/smallthinker.cpp`
+//! (smallthinker-architecture.md §2 and §7). Per-layer policy (RoPE or NoPE, full or sliding-window attention,
+//! gating) comes from [`Hparams`]; the blocks are in [`crate::graph`].
+
+use super::{Hparams, KvCache, Model};
+use crate::ggml::{Context, Graph, RopeParams, Tensor};
+use crate::graph::{attention, moe_ffn, rms_norm_w, AttnInputs, AttnParams};
+
+/// The host-set inputs of one evaluation.
+#[derive(Clone, Copy)]
+pub struct GraphInputs<'a> {
+    /// I32 `[n_tokens]`
+    pub tokens: Tensor<'a>,
+    /// I32 `[n_outputs]`: the rows of the batch whose logits are wanted.
+    pub out_ids: Tensor<'a>,
+    /// Positions, cells and mask of the full-attention layers.
+    pub full: AttnInputs<'a>,
+    /// The same for the SWA layers (None when the model has none).
+    pub swa: Option<AttnInputs<'a>>,
+}
+
+/// Nodes (and leafs) a graph of this model can need: about 50 per layer plus two per used expert.
+pub fn graph_size(hp: &Hparams) -> usize {
+    (hp.n_layer as usize) * (64 + 4 * hp.n_expert_used as usize) + 256
+}
+
+/// How layer `il` attends: NEOX RoPE unless NoPE, scaled by 1/sqrt(head_dim).
+fn attn_params(hp: &Hparams, il: u32) -> AttnParams {
+    let rope = RopeParams {
+        n_ctx_orig: hp.n_ctx_train as i32, // YaRN only; unused without it
+        ..RopeParams::neox(hp.n_rot() as i32, hp.rope_freq_base(il))
+    };
+    AttnParams {
+        n_head: i64::from(hp.n_head),
+        n_head_kv: i64::from(hp.n_head_kv),
+        n_embd_head: i64::from(hp.n_embd_head()),
+        rope: hp.use_rope(il).then_some(rope),
+        kq_scale: 1.0 / (hp.n_embd_head() as f32).sqrt(),
+    }
+}
+
+/// Builds the graph up to the logits `[n_vocab, n_outputs]`; the KV-cache stores are expanded into `gf` as
+/// they are built, the logits are left for the caller to expand.
+pub fn build<'a>(
+    ctx: &'a Context,
+    gf: &mut Graph<'a>,
+    m: &Model<'a>,
+    kv: &KvCache<'a>,
+    inp: &GraphInputs<'a>,
+) -> Tensor<'a> {
+    let hp = &m.hp;
+    let eps = hp.rms_norm_eps;
+    let mut inp_l = ctx.get_rows(m.tok_embd, inp.tokens).format_name("inp_embd", -1); // [n_embd, n_tokens]
+
+    for (il, l) in (0u32..).zip(&m.layers) {
+        let ilc = il as i32; // llama.cpp's name suffix
+        let mut inp_sa = inp_l;
+
+        // SmallThinker: the router reads the raw layer input, before attn_norm (so experts can be prefetched).
+        let mut router_logits = ctx.mul_mat(l.ffn_gate_inp, inp_l).format_name("ffn_moe_logits", ilc); // [n_expert, n_tokens]
+
+        let cur = rms_norm_w(ctx, inp_l, l.attn_norm, eps).format_name("attn_norm", ilc);
+        let attn_inp = match (hp.is_swa(il), &inp.swa) {
+            (true, Some(swa)) => swa,
+            _ => &inp.full,
+        };
+        let mut cur = attention(ctx, gf, cur, &l.attn, kv.layer(il), attn_inp, &attn_params(hp, il), ilc);
+
+        if il + 1 == hp.n_layer {
+            // Only the rows whose logits are wanted go through the last FFN (llama.cpp's out_ids).
+            cur = ctx.get_rows(cur, inp.out_ids);
+            inp_sa = ctx.get_rows(inp_sa, inp.out_ids);
+            router_logits = ctx.get_rows(router_logits, inp.out_ids);
+        }
+
+        let ffn_inp = ctx.add(cur, inp_sa).format_name("ffn_inp", ilc);
+        let cur = rms_norm_w(ctx, ffn_inp, l.ffn_norm, eps).format_name("ffn_norm", ilc);
+        // ReGLU experts, gated by softmax or sigmoid over the router logits, top-k, renormalised.
+        let cur = moe_ffn(ctx, cur, router_logits, &l.experts, &hp.moe(), ilc);
+        inp_l = ctx.add(cur, ffn_inp).format_name("l_out", ilc); // [n_embd, n_tokens]
+    }
+
+    let cur = rms_norm_w(ctx, inp_l, m.output_norm, eps).format_name("result_norm", -1);
+    // lm_head: output.weight, or token_embd when tied.
+    ctx.mul_mat(m.output, cur).format_name("result_output", -1) // [n_vocab, n_outputs]
+}

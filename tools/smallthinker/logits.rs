@@ -1,0 +1,115 @@
+//! `smallthinker logits -m M.gguf --tokens 1,2,3 [--all] --out FILE`: runs the model on token ids and writes
+//! the logits as little-endian f32, `n_rows x n_vocab` (the last position, or every position with `--all`),
+//! then prints one JSON line with the shape. Every input is checked before a graph is built; on error nothing
+//! is written.
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+use serde_json::json;
+use smallthinker::gguf::GgufFile;
+use smallthinker::model::{KvCache, KvParams, KvType, Model, Rows, Session, SessionParams};
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KvTypeArg {
+    F16,
+    F32,
+}
+
+/// Arguments of `logits`.
+#[derive(clap::Args)]
+pub struct LogitsArgs {
+    /// The GGUF model.
+    #[arg(short = 'm', long = "model")]
+    model: PathBuf,
+    /// Token ids, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    tokens: Vec<u32>,
+    /// Write the logits of every position, not only the last.
+    #[arg(long)]
+    all: bool,
+    /// Output file (little-endian f32, row-major).
+    #[arg(long)]
+    out: PathBuf,
+    /// KV cache element type.
+    #[arg(long, value_enum, default_value = "f16")]
+    kv_type: KvTypeArg,
+    /// Threads (default: the physical cores).
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
+    /// Context length (default: the model's training context).
+    #[arg(long)]
+    ctx: Option<u32>,
+    /// Tokens per graph while reading the prompt.
+    #[arg(long, default_value_t = 512)]
+    batch: u32,
+}
+
+/// Physical cores from /proc/cpuinfo (distinct physical id / core id pairs), else the logical CPUs.
+fn physical_cores() -> usize {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let mut cores = std::collections::HashSet::new();
+    let mut package = "";
+    for line in info.lines() {
+        let mut kv = line.splitn(2, ':').map(str::trim);
+        match (kv.next(), kv.next()) {
+            (Some("physical id"), Some(v)) => package = v,
+            (Some("core id"), Some(v)) => {
+                cores.insert((package.to_string(), v.to_string()));
+            }
+            _ => {}
+        }
+    }
+    if cores.is_empty() {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        cores.len()
+    }
+}
+
+pub fn run(args: &LogitsArgs) -> anyhow::Result<()> {
+    let threads = args.threads.unwrap_or_else(physical_cores);
+    if threads == 0 || args.batch == 0 || args.ctx == Some(0) {
+        bail!("--threads, --batch and --ctx must be positive");
+    }
+    let file = GgufFile::open(&args.model).with_context(|| format!("cannot read {}", args.model.display()))?;
+    let wctx = Model::context(&file)?;
+    let model = Model::load(&wctx, &file)?;
+    let hp = &model.hp;
+    let n_ctx = args.ctx.unwrap_or(hp.n_ctx_train);
+    if args.tokens.len() > n_ctx as usize {
+        bail!("{} tokens do not fit the context of {n_ctx} (--ctx)", args.tokens.len());
+    }
+    let ty = match args.kv_type {
+        KvTypeArg::F16 => KvType::F16,
+        KvTypeArg::F32 => KvType::F32,
+    };
+    let kv_params = KvParams {
+        n_ctx,
+        n_batch: args.batch.min(n_ctx),
+        ty,
+    };
+    let kctx = KvCache::context(hp)?;
+    let kv = KvCache::new(&kctx, hp, kv_params)?;
+    let mut session = Session::new(&model, kv, SessionParams { n_threads: threads })?;
+    let rows = if args.all { Rows::All } else { Rows::Last };
+    let logits = session.eval(&args.tokens, rows)?;
+
+    let n_vocab = hp.n_vocab as usize;
+    let n_rows = logits.len() / n_vocab;
+    let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+    // Written next to the target and renamed, so a failed write leaves no partial file.
+    let tmp = args.out.with_extension("tmp-logits");
+    std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &args.out).with_context(|| format!("renaming to {}", args.out.display()))?;
+    let line = json!({
+        "out": args.out.display().to_string(),
+        "dtype": "f32le",
+        "shape": [n_rows, n_vocab],
+        "n_tokens": args.tokens.len(),
+        "n_ctx": n_ctx,
+        "kv_type": match ty { KvType::F16 => "f16", KvType::F32 => "f32" },
+    });
+    writeln!(std::io::stdout().lock(), "{line}").context("writing to stdout")?;
+    Ok(())
+}
