@@ -401,3 +401,40 @@ fn perplexity_rejects_a_short_text() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs at least 32"));
 }
+
+#[test]
+fn full_context_stops_with_a_message() {
+    let model = fixture("st4b");
+    let tok = tokenizer("st4b");
+    let prompt = encode_prompt(&tok, PROMPT);
+    let ctx = prompt.len() + 5;
+    let criteria = StopCriteria {
+        max_tokens: Some(6),
+        ..Default::default()
+    };
+    let (want, _) = library_greedy("st4b", &prompt, criteria, KvType::F16);
+    let ctx_str = ctx.to_string();
+    // A stop string that starts with the output's last character holds that character back until the end: it
+    // must still be printed when the context runs out.
+    let stop = format!("{}\u{1}", want.chars().last().unwrap());
+    let args = [
+        "run",
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        PROMPT,
+        "--temp",
+        "0",
+        "-t",
+        "1",
+        "--ctx",
+        &ctx_str,
+        "--stop",
+        &stop,
+    ];
+    let (got, stderr) = run_ok(&args);
+    // Five generated tokens fill the context; the sixth is sampled and printed, then there is no room to go on.
+    assert!(stderr.contains(&format!("context full: {ctx} tokens")), "{stderr}");
+    assert_eq!(speed_tokens(&stderr, "generation"), 6);
+    assert_eq!(got, want);
+}

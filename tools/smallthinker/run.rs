@@ -92,6 +92,9 @@ pub fn generate(
     let start = Instant::now();
     loop {
         if interrupt.is_some_and(|f| f.load(Ordering::SeqCst)) {
+            let tail = gen.finish();
+            write_flush(out, &tail)?;
+            stats.text.push_str(&tail);
             eprintln!("\n[interrupted]");
             break;
         }
@@ -99,13 +102,15 @@ pub fn generate(
         sampler.accept(id);
         stats.n_sampled += 1;
         let step = gen.push(tok, id)?;
-        out.write_all(step.text.as_bytes()).context("writing to stdout")?;
-        out.flush().context("writing to stdout")?;
+        write_flush(out, &step.text)?;
         stats.text.push_str(&step.text);
         if step.stop.is_some() {
             break;
         }
         if session.n_past() >= n_ctx {
+            let tail = gen.finish();
+            write_flush(out, &tail)?;
+            stats.text.push_str(&tail);
             eprintln!("\n[context full: {n_ctx} tokens (--ctx); stopping]");
             break;
         }
@@ -114,6 +119,11 @@ pub fn generate(
     }
     stats.seconds = start.elapsed().as_secs_f64();
     Ok(stats)
+}
+
+fn write_flush(out: &mut dyn Write, text: &str) -> anyhow::Result<()> {
+    out.write_all(text.as_bytes()).context("writing to stdout")?;
+    out.flush().context("writing to stdout")
 }
 
 /// llama.cpp-style speed line.
