@@ -175,6 +175,22 @@ impl Generation {
         }
     }
 
+    /// The caller ends generation for a reason of its own (a full context, an interrupt): releases the text held
+    /// back (an unfinished character as U+FFFD, a partial stop-string match) unless it completes a stop string.
+    pub fn finish(&mut self) -> String {
+        if self.stopped.is_some() {
+            return String::new();
+        }
+        let tail = self.decoder.finish();
+        match self.matcher.push(&tail) {
+            StopStatus::Continue(mut t) => {
+                t.push_str(&self.matcher.finish());
+                t
+            }
+            StopStatus::Stopped { text, stop } => self.stop_with(text, StopReason::StopString(stop)).text,
+        }
+    }
+
     /// Tokens fed so far (including a final EOG token).
     pub fn n_tokens(&self) -> usize {
         self.n_tokens

@@ -10,11 +10,7 @@ use serde_json::json;
 use smallthinker::gguf::GgufFile;
 use smallthinker::model::{KvCache, KvParams, KvType, Model, Rows, Session, SessionParams};
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum KvTypeArg {
-    F16,
-    F32,
-}
+use crate::common::{physical_cores, KvTypeArg};
 
 /// Arguments of `logits`.
 #[derive(clap::Args)]
@@ -45,28 +41,6 @@ pub struct LogitsArgs {
     batch: u32,
 }
 
-/// Physical cores from /proc/cpuinfo (distinct physical id / core id pairs), else the logical CPUs.
-fn physical_cores() -> usize {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let mut cores = std::collections::HashSet::new();
-    let mut package = "";
-    for line in info.lines() {
-        let mut kv = line.splitn(2, ':').map(str::trim);
-        match (kv.next(), kv.next()) {
-            (Some("physical id"), Some(v)) => package = v,
-            (Some("core id"), Some(v)) => {
-                cores.insert((package.to_string(), v.to_string()));
-            }
-            _ => {}
-        }
-    }
-    if cores.is_empty() {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        cores.len()
-    }
-}
-
 pub fn run(args: &LogitsArgs) -> anyhow::Result<()> {
     let threads = args.threads.unwrap_or_else(physical_cores);
     if threads == 0 || args.batch == 0 || args.ctx == Some(0) {
@@ -80,10 +54,7 @@ pub fn run(args: &LogitsArgs) -> anyhow::Result<()> {
     if args.tokens.len() > n_ctx as usize {
         bail!("{} tokens do not fit the context of {n_ctx} (--ctx)", args.tokens.len());
     }
-    let ty = match args.kv_type {
-        KvTypeArg::F16 => KvType::F16,
-        KvTypeArg::F32 => KvType::F32,
-    };
+    let ty = args.kv_type.kv_type();
     let kv_params = KvParams {
         n_ctx,
         n_batch: args.batch.min(n_ctx),

@@ -4,9 +4,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod chat;
+mod common;
 mod convert;
 mod inspect;
 mod logits;
+mod perplexity;
+mod run;
 mod synth;
 
 #[derive(Parser)]
@@ -30,6 +34,12 @@ enum Command {
     Synth(synth::Args),
     /// Run a model on token ids and write the logits (little-endian f32) to a file.
     Logits(logits::LogitsArgs),
+    /// Generate text from a prompt, streaming it to stdout.
+    Run(run::RunArgs),
+    /// Interactive multi-turn chat on stdin/stdout, keeping the KV cache between turns.
+    Chat(chat::ChatArgs),
+    /// Perplexity of a text file, as llama-perplexity computes it.
+    Perplexity(perplexity::PerplexityArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +49,9 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(&args),
         Command::Synth(args) => synth::run(args),
         Command::Logits(args) => logits::run(&args),
+        Command::Run(args) => run::run(&args),
+        Command::Chat(args) => chat::run(&args),
+        Command::Perplexity(args) => perplexity::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

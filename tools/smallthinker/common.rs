@@ -1,0 +1,126 @@
+//! Pieces shared by the commands that run a model: thread count, session flags, sampling flags, loading.
+use std::path::Path;
+
+use anyhow::{bail, Context as _};
+use smallthinker::gguf::GgufFile;
+use smallthinker::model::{KvCache, KvParams, KvType, Model, Session, SessionParams};
+use smallthinker::sampling::SamplerParams;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum KvTypeArg {
+    F16,
+    F32,
+}
+
+impl KvTypeArg {
+    pub fn kv_type(self) -> KvType {
+        match self {
+            KvTypeArg::F16 => KvType::F16,
+            KvTypeArg::F32 => KvType::F32,
+        }
+    }
+}
+
+/// Physical cores from /proc/cpuinfo (distinct physical id / core id pairs), else the logical CPUs.
+pub fn physical_cores() -> usize {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let mut cores = std::collections::HashSet::new();
+    let mut package = "";
+    for line in info.lines() {
+        let mut kv = line.splitn(2, ':').map(str::trim);
+        match (kv.next(), kv.next()) {
+            (Some("physical id"), Some(v)) => package = v,
+            (Some("core id"), Some(v)) => {
+                cores.insert((package.to_string(), v.to_string()));
+            }
+            _ => {}
+        }
+    }
+    if cores.is_empty() {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        cores.len()
+    }
+}
+
+/// How to evaluate: threads, context, batch and KV type (llama.cpp's `-t`, `-c`, `-b`, `-ctk`).
+#[derive(clap::Args, Clone)]
+pub struct SessionArgs {
+    /// Threads (default: the physical cores).
+    #[arg(short = 't', long)]
+    pub threads: Option<usize>,
+    /// Context length (default: the model's training context).
+    #[arg(long)]
+    pub ctx: Option<u32>,
+    /// Tokens per graph while reading the prompt.
+    #[arg(long, default_value_t = 512)]
+    pub batch: u32,
+    /// KV cache element type.
+    #[arg(long, value_enum, default_value = "f16")]
+    pub kv_type: KvTypeArg,
+}
+
+/// Sampling flags, llama.cpp's names and defaults.
+#[derive(clap::Args, Clone)]
+pub struct SamplingArgs {
+    /// Temperature; 0 samples greedily.
+    #[arg(long, default_value_t = 0.8)]
+    pub temp: f32,
+    #[arg(long, default_value_t = 40)]
+    pub top_k: i32,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    #[arg(long, default_value_t = 64)]
+    pub repeat_last_n: usize,
+    /// Random seed (default: from the clock).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> SamplerParams {
+        SamplerParams {
+            temperature: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            seed: self.seed,
+            ..SamplerParams::default()
+        }
+    }
+}
+
+pub fn open(path: &Path) -> anyhow::Result<GgufFile> {
+    GgufFile::open(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// The context length `args` asks for, checked.
+pub fn n_ctx(args: &SessionArgs, model: &Model<'_>) -> anyhow::Result<u32> {
+    if args.threads == Some(0) || args.batch == 0 || args.ctx == Some(0) {
+        bail!("--threads, --batch and --ctx must be positive");
+    }
+    Ok(args.ctx.unwrap_or(model.hp.n_ctx_train))
+}
+
+/// A session over a fresh cache of `n_ctx` positions in `kctx` (from `KvCache::context`).
+pub fn session<'a>(
+    args: &SessionArgs,
+    model: &'a Model<'a>,
+    kctx: &'a smallthinker::ggml::Context,
+) -> anyhow::Result<Session<'a>> {
+    let n_ctx = n_ctx(args, model)?;
+    let kv_params = KvParams {
+        n_ctx,
+        n_batch: args.batch.min(n_ctx),
+        ty: args.kv_type.kv_type(),
+    };
+    let kv = KvCache::new(kctx, &model.hp, kv_params)?;
+    let threads = args.threads.unwrap_or_else(physical_cores);
+    Ok(Session::new(model, kv, SessionParams { n_threads: threads })?)
+}
