@@ -33,6 +33,17 @@ pub struct HfConfig {
     pub raw: Map<String, Value>,
 }
 
+/// Reads one input file of the checkpoint directory; a missing file is `MissingFile`, naming it.
+pub(crate) fn read_input(path: &Path) -> Result<Vec<u8>, ConvertError> {
+    std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => ConvertError::MissingFile { path: path.into() },
+        _ => ConvertError::Io {
+            path: path.into(),
+            source: e,
+        },
+    })
+}
+
 fn key_err(path: &Path, key: &str, why: impl Into<String>) -> ConvertError {
     ConvertError::BadKey {
         path: path.into(),
@@ -93,13 +104,7 @@ fn layout(path: &Path, c: &Map<String, Value>, key: &str, n_layer: u64) -> Resul
 impl HfConfig {
     /// Reads and validates `config.json`.
     pub fn load(path: &Path) -> Result<HfConfig, ConvertError> {
-        let text = std::fs::read(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => ConvertError::MissingFile { path: path.into() },
-            _ => ConvertError::Io {
-                path: path.into(),
-                source: e,
-            },
-        })?;
+        let text = read_input(path)?;
         let v: Value = serde_json::from_slice(&text).map_err(|source| ConvertError::Json {
             path: path.into(),
             source,

@@ -34,13 +34,7 @@ pub struct TokenizerMeta {
 }
 
 fn read_json(path: &Path) -> Result<Value, ConvertError> {
-    let text = std::fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => ConvertError::MissingFile { path: path.into() },
-        _ => ConvertError::Io {
-            path: path.into(),
-            source: e,
-        },
-    })?;
+    let text = super::config::read_input(path)?;
     serde_json::from_slice(&text).map_err(|source| ConvertError::Json {
         path: path.into(),
         source,
