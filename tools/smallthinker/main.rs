@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod chat;
 mod common;
 mod convert;
@@ -40,6 +41,8 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Perplexity of a text file, as llama-perplexity computes it.
     Perplexity(perplexity::PerplexityArgs),
+    /// Prefill and decode speed on a fixed workload (the one tools/ref/llama_speed.py runs on llama.cpp).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Chat(args) => chat::run(&args),
         Command::Perplexity(args) => perplexity::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,108 @@
+//! `smallthinker bench` driven as a user would, on the fixture GGUFs in tests/fixtures/model/: flag validation
+//! and the shape of the `--json` line (no timing assertions: the machine may be busy).
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn fixture(config: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/model/{config}/f32.gguf"))
+}
+
+fn bench(extra: &[&str]) -> Output {
+    let model = fixture("st4b");
+    let mut args = vec!["bench", "-m", model.to_str().unwrap(), "-t", "1"];
+    args.extend_from_slice(extra);
+    Command::new(env!("CARGO_BIN_EXE_smallthinker"))
+        .args(&args)
+        .output()
+        .expect("spawning smallthinker")
+}
+
+/// Runs `bench` with `extra` flags, expects failure, and returns stderr.
+fn bench_err(extra: &[&str]) -> String {
+    let out = bench(extra);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success(), "bench {extra:?} should fail; stderr: {stderr}");
+    assert!(out.stdout.is_empty(), "bench {extra:?} printed to stdout on error");
+    stderr
+}
+
+#[test]
+fn json_line_has_every_field() {
+    let out = bench(&["--prompt", "9", "--gen", "5", "--depth", "7", "--json"]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line, got {stdout:?}");
+    let v: serde_json::Value = serde_json::from_str(lines[0]).expect("bench --json prints JSON");
+    assert_eq!(v["engine"], "smallthinker");
+    for k in ["prefill_tps", "decode_tps", "peak_rss_mb"] {
+        let x = v[k].as_f64().unwrap_or_else(|| panic!("{k} is not a number in {v}"));
+        assert!(x > 0.0 && x.is_finite(), "{k} = {x}");
+    }
+    assert_eq!(v["threads"], 1);
+    assert_eq!(v["prompt"], 9);
+    assert_eq!(v["gen"], 5);
+    assert_eq!(v["depth"], 7);
+    assert_eq!(v["path"], "dense");
+    assert!(v
+        .get("active_neuron_frac")
+        .is_some_and(|f| f.is_null() || f.as_f64().is_some()));
+}
+
+#[test]
+fn text_output_names_both_phases() {
+    let out = bench(&["--prompt", "3", "--gen", "2"]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("prefill") && stdout.contains("decode") && stdout.contains("peak RSS"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn zero_counts_are_refused() {
+    assert!(bench_err(&["--prompt", "0"]).contains("--prompt and --gen must be at least 1"));
+    assert!(bench_err(&["--gen", "0"]).contains("--prompt and --gen must be at least 1"));
+    let model = fixture("st4b");
+    let out = Command::new(env!("CARGO_BIN_EXE_smallthinker"))
+        .args(["bench", "-m", model.to_str().unwrap(), "-t", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--threads 0"));
+    assert!(bench_err(&["--batch", "0"]).contains("--batch and --ctx must be positive"));
+}
+
+#[test]
+fn absurd_values_are_refused() {
+    let e = bench_err(&["--prompt", "100", "--gen", "20", "--depth", "10", "--ctx", "129"]);
+    assert!(e.contains("= 130 tokens do not fit --ctx 129"), "{e}");
+    let e = bench_err(&["--depth", "4000000000"]);
+    assert!(e.contains("exceed the model's training context"), "{e}");
+    let model = fixture("st4b");
+    let out = Command::new(env!("CARGO_BIN_EXE_smallthinker"))
+        .args(["bench", "-m", model.to_str().unwrap(), "-t", "100000"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be 1..=512"));
+}
+
+#[test]
+fn missing_model_is_an_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_smallthinker"))
+        .args(["bench", "-m", "/nonexistent/model.gguf"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/model.gguf"));
+}
