@@ -83,6 +83,17 @@ impl GgufFile {
         })
     }
 
+    /// Maps every page of the tensor data into the process now (MADV_POPULATE_READ, falling back to
+    /// MADV_WILLNEED readahead on kernels before 5.14), as llama.cpp's MAP_POPULATE does at load: otherwise the
+    /// first evaluations pay a page fault per page of weights they touch. Only worth it before running a model.
+    pub fn prefault(&self) -> std::io::Result<()> {
+        use memmap2::Advice;
+        // The whole map: the header is a few pages, and advise_range would want a page-aligned offset.
+        self.mmap
+            .advise(Advice::PopulateRead)
+            .or_else(|_| self.mmap.advise(Advice::WillNeed))
+    }
+
     /// The path it was opened from.
     pub fn path(&self) -> &Path {
         &self.path

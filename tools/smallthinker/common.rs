@@ -96,8 +96,12 @@ impl SamplingArgs {
     }
 }
 
+/// Opens a model to run, with its pages mapped in up front (`GgufFile::prefault`), as llama.cpp does.
 pub fn open(path: &Path) -> anyhow::Result<GgufFile> {
-    GgufFile::open(path).with_context(|| format!("cannot read {}", path.display()))
+    let file = GgufFile::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // Only a speed-up: a kernel without either advice still runs the model, faulting pages on first use.
+    let _ = file.prefault();
+    Ok(file)
 }
 
 /// The context length `args` asks for, checked.
