@@ -54,7 +54,15 @@ fn library_greedy(config: &str, prompt: &[u32], criteria: StopCriteria, kv: KvTy
         ty: kv,
     };
     let kv = KvCache::new(&kctx, &model.hp, params).unwrap();
-    let mut session = Session::new(&model, kv, SessionParams { n_threads: 1 }).unwrap();
+    let mut session = Session::new(
+        &model,
+        kv,
+        SessionParams {
+            n_threads: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let mut sampler = Sampler::new(SamplerParams::greedy()).unwrap();
     let mut gen = Generation::new(criteria);
     let (mut text, mut ids) = (String::new(), Vec::new());

@@ -205,7 +205,10 @@ fn intermediates_carry_llama_cpp_names() {
     let mut s = Session::new(
         &model,
         KvCache::new(&kctx, &hp, params).unwrap(),
-        SessionParams { n_threads: 2 },
+        SessionParams {
+            n_threads: 2,
+            ..Default::default()
+        },
     )
     .unwrap();
     let per_layer = [

@@ -107,7 +107,15 @@ fn session_refuses_bad_tokens_and_overlong_prompts() {
         ty: KvType::F16,
     };
     let kv = KvCache::new(&kctx, &model.hp, params).unwrap();
-    let mut s = Session::new(&model, kv, SessionParams { n_threads: 1 }).unwrap();
+    let mut s = Session::new(
+        &model,
+        kv,
+        SessionParams {
+            n_threads: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(matches!(
         s.eval(&[1, 1024], Rows::Last),
         Err(EvalError::TokenOutOfRange {

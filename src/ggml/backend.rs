@@ -117,7 +117,7 @@ impl Context {
     }
 }
 
-fn cpu_traits(ty: GgmlType) -> &'static sys::ggml_type_traits_cpu {
+pub(crate) fn cpu_traits(ty: GgmlType) -> &'static sys::ggml_type_traits_cpu {
     // SAFETY: ggml returns a pointer into its static per-type table for any valid type id.
     unsafe { &*sys::ggml_get_type_traits_cpu(to_sys_type(ty)) }
 }

@@ -22,6 +22,8 @@ struct CustomState {
     name: String,
     f: Box<CustomFn>,
     panic: Mutex<Option<String>>,
+    /// Built with n_tasks = 1: ggml then calls thread 0 only but still passes the graph's thread count as nth.
+    single: bool,
 }
 
 /// Mirror of `struct ggml_custom_op_params` (vendor/ggml/src/ggml-impl.h), which ggml_custom_4d stores in the
@@ -162,9 +164,44 @@ impl CustomOpCtx {
         start..(start + chunk).min(nrows)
     }
 
+    /// This thread's rows when they are split in whole groups of `group` consecutive rows (e.g. one plane of a
+    /// 3-d destination per group): `chunk = ceil(n_groups / nth)` groups from `chunk * ith`.
+    pub fn rows_grouped(&self, group: usize) -> Range<usize> {
+        let nrows = self.dst().nrows() as usize;
+        assert!(
+            group > 0 && nrows % group == 0,
+            "{nrows} rows are not groups of {group}"
+        );
+        let n_groups = nrows / group;
+        let chunk = n_groups.div_ceil(self.nth);
+        let start = (chunk * self.ith).min(n_groups);
+        start * group..(start + chunk).min(n_groups) * group
+    }
+
     /// Mutable access to this thread's destination rows. Callable once per invocation (a second call panics,
     /// since two live iterators would alias the same rows).
     pub fn dst_rows(&self) -> DstRows<'_> {
+        self.dst_rows_in(self.rows())
+    }
+
+    /// [`dst_rows`](Self::dst_rows) over [`rows_grouped`](Self::rows_grouped)`(group)`. Callable once per
+    /// invocation, and not together with `dst_rows`.
+    pub fn dst_rows_grouped(&self, group: usize) -> DstRows<'_> {
+        self.dst_rows_in(self.rows_grouped(group))
+    }
+
+    /// Every row of the destination: only for ops built with [`Context::custom_4d_single`] (one thread).
+    pub fn dst_rows_all(&self) -> DstRows<'_> {
+        assert!(
+            self.nth == 1,
+            "dst_rows_all needs a single-threaded op, running on {}",
+            self.nth
+        );
+        self.dst_rows_in(0..self.dst().nrows() as usize)
+    }
+
+    /// `rows` must be this thread's disjoint share (one of the splits above, the same split on every thread).
+    fn dst_rows_in(&self, rows: Range<usize>) -> DstRows<'_> {
         assert!(
             !self.dst_taken.replace(true),
             "CustomOpCtx::dst_rows called twice in one invocation"
@@ -177,7 +214,7 @@ impl CustomOpCtx {
         DstRows {
             data: dst.raw().data.cast(),
             ne0: dst.ne()[0] as usize,
-            rows: self.rows(),
+            rows,
             _op: std::marker::PhantomData,
         }
     }
@@ -187,9 +224,12 @@ unsafe extern "C" fn trampoline(dst: *mut sys::ggml_tensor, ith: c_int, nth: c_i
     // SAFETY: userdata is the Box<CustomState> registered by `custom_4d`, owned by the context that owns `dst`,
     // hence alive while ggml computes `dst`. Shared access only: `f` is Sync and `panic` is a Mutex.
     let state = unsafe { &*(userdata as *const CustomState) };
+    if state.single && ith != 0 {
+        return;
+    }
     let op = CustomOpCtx {
         ith: ith as usize,
-        nth: nth.max(1) as usize,
+        nth: if state.single { 1 } else { nth.max(1) as usize },
         dst,
         dst_taken: Cell::new(false),
     };
@@ -250,6 +290,29 @@ impl Context {
     where
         F: Fn(&CustomOpCtx) + Send + Sync + 'static,
     {
+        self.custom_4d_tasks(name, ne, args, sys::GGML_N_TASKS_MAX, f)
+    }
+
+    /// [`custom_4d`](Self::custom_4d) run by one thread only (`nth == 1`), for small ops that must see all
+    /// their output at once (e.g. to publish it): [`CustomOpCtx::dst_rows_all`].
+    pub fn custom_4d_single<'a, F>(&'a self, name: &str, ne: [i64; 4], args: &[Tensor<'a>], f: F) -> Tensor<'a>
+    where
+        F: Fn(&CustomOpCtx) + Send + Sync + 'static,
+    {
+        self.custom_4d_tasks(name, ne, args, 1, f)
+    }
+
+    fn custom_4d_tasks<'a, F>(
+        &'a self,
+        name: &str,
+        ne: [i64; 4],
+        args: &[Tensor<'a>],
+        n_tasks: c_int,
+        f: F,
+    ) -> Tensor<'a>
+    where
+        F: Fn(&CustomOpCtx) + Send + Sync + 'static,
+    {
         assert!(
             args.len() < sys::GGML_MAX_SRC as usize,
             "ggml custom_4d `{name}`: {} args, at most 9",
@@ -267,12 +330,13 @@ impl Context {
             name: name.to_string(),
             f: Box::new(f),
             panic: Mutex::new(None),
+            single: n_tasks == 1,
         });
         let userdata = &*state as *const CustomState as *mut c_void;
         self.keep_alive.borrow_mut().push(state);
         let mut srcs: Vec<*mut sys::ggml_tensor> = args.iter().map(|a| a.as_ptr()).collect();
         // SAFETY: valid context with room (checked); < GGML_MAX_SRC args; userdata lives as long as the context
-        // (kept in keep_alive, a Box so the address is stable); n_tasks = -1 means "all threads".
+        // (kept in keep_alive, a Box so the address is stable); n_tasks is -1 ("all threads") or 1.
         let t = unsafe {
             sys::ggml_custom_4d(
                 self.as_ptr(),
@@ -284,7 +348,7 @@ impl Context {
                 srcs.as_mut_ptr(),
                 srcs.len() as c_int,
                 Some(trampoline),
-                sys::GGML_N_TASKS_MAX,
+                n_tasks,
                 userdata,
             )
         };

@@ -74,6 +74,7 @@ mod graph;
 mod ops;
 mod ops_attn;
 mod ops_shape;
+pub mod rows;
 mod tensor;
 
 pub use backend::{from_float, vec_dot, vec_dot_type, CpuBackend};

@@ -7,9 +7,12 @@
 
 pub mod attention;
 pub mod moe;
+mod sparse_kernel;
+pub mod sparse_moe;
 
 pub use attention::{attention, AttnInputs, AttnParams, AttnWeights, KvLayer};
 pub use moe::{moe_ffn, MoeWeights};
+pub use sparse_moe::{DownType, MoeStats, RouteEvent, RouteHook, SparseMoe, SparseMoeError};
 
 use crate::ggml::{Context, Tensor};
 

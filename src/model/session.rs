@@ -13,7 +13,7 @@
 //! let model = Model::load(&wctx, &file)?; // hparams and every tensor validated
 //! let kctx = KvCache::context(&model.hp)?;
 //! let kv = KvCache::new(&kctx, &model.hp, KvParams { n_ctx: 4096, n_batch: 512, ty: KvType::F16 })?;
-//! let mut session = Session::new(&model, kv, SessionParams { n_threads: 2 })?;
+//! let mut session = Session::new(&model, kv, SessionParams { n_threads: 2, ..Default::default() })?;
 //! let prompt = session.eval(&[1, 2, 3], Rows::Last)?; // [n_vocab]
 //! let next = session.eval(&[4], Rows::Last)?; // one decode step
 //! # Ok(()) }
@@ -23,7 +23,7 @@ use super::smallthinker::{build, graph_size, GraphInputs};
 use super::{KvCache, Model};
 use crate::ggml::{Context, ContextParams, CpuBackend, GgmlError, Tensor};
 use crate::gguf::GgmlType;
-use crate::graph::AttnInputs;
+use crate::graph::{AttnInputs, DownType, MoeStats, RouteHook, SparseMoe};
 
 /// Which logits an evaluation returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +65,24 @@ pub struct Traced {
 pub struct SessionParams {
     /// Threads of the CPU backend.
     pub n_threads: usize,
+    /// Run the MoE with plain ggml ops (mul_mat_id, llama.cpp's graph) instead of the sparse path.
+    pub dense: bool,
+    /// Type of the sparse path's transposed down copy.
+    pub down_type: DownType,
+    /// Batches of more tokens than this take the dense path even when `dense` is false (default 1: decode
+    /// sparse, prompts through ggml's expert-grouped mul_mat_id, which keeps llama.cpp's numerics for prompts).
+    pub sparse_max_batch: u32,
+}
+
+impl Default for SessionParams {
+    fn default() -> Self {
+        SessionParams {
+            n_threads: 2,
+            dense: false,
+            down_type: DownType::Auto,
+            sparse_max_batch: 1,
+        }
+    }
 }
 
 /// A model, its KV cache and the position reached.
@@ -73,18 +91,78 @@ pub struct Session<'a> {
     kv: KvCache<'a>,
     backend: CpuBackend,
     n_past: u32,
+    /// None: the dense path (asked for, or the model cannot take the sparse one: `moe_path` says why).
+    sparse: Option<SparseMoe>,
+    sparse_max_batch: u32,
+    moe_path: String,
 }
 
 impl<'a> Session<'a> {
     pub fn new(model: &'a Model<'a>, kv: KvCache<'a>, params: SessionParams) -> Result<Session<'a>, GgmlError> {
         let backend = CpuBackend::new()?;
         backend.set_n_threads(params.n_threads);
+        let (sparse, moe_path) = if params.dense {
+            (None, "dense (--dense)".to_string())
+        } else {
+            let hp = &model.hp;
+            let experts: Vec<_> = model.layers.iter().map(|l| l.experts).collect();
+            match SparseMoe::new(
+                &experts,
+                &hp.moe(),
+                hp.n_embd as usize,
+                params.down_type,
+                params.n_threads,
+            ) {
+                Ok(s) => {
+                    let mib = s.down_bytes() as f64 / (1024.0 * 1024.0);
+                    let n = params.sparse_max_batch;
+                    let path = format!(
+                        "sparse (down transposed to {}, {mib:.0} MiB; batches of up to {n} tokens, larger ones dense)",
+                        s.down_type()
+                    );
+                    (Some(s), path)
+                }
+                Err(e) => (None, format!("dense (sparse path unavailable: {e})")),
+            }
+        };
         Ok(Session {
             model,
             kv,
             backend,
             n_past: 0,
+            sparse,
+            sparse_max_batch: params.sparse_max_batch,
+            moe_path,
         })
+    }
+
+    /// Which MoE path runs, for the start-up log: "sparse (down transposed to Q8_0, N MiB)" or "dense (...)".
+    pub fn moe_path(&self) -> &str {
+        &self.moe_path
+    }
+
+    /// Neuron counters of the sparse path since the last [`reset_moe_stats`](Self::reset_moe_stats) (zero on
+    /// the dense path).
+    pub fn moe_stats(&self) -> MoeStats {
+        self.sparse.as_ref().map(SparseMoe::stats).unwrap_or_default()
+    }
+
+    pub fn reset_moe_stats(&self) {
+        if let Some(s) = &self.sparse {
+            s.reset_stats();
+        }
+    }
+
+    /// Installs the hook the sparse path's router calls with each layer's expert ids before that layer's
+    /// attention (see [`RouteHook`]). Returns false (and drops it) on the dense path, which has no router op.
+    pub fn set_route_hook(&self, hook: Option<RouteHook>) -> bool {
+        match &self.sparse {
+            Some(s) => {
+                s.set_route_hook(hook);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Positions evaluated so far.
@@ -179,7 +257,8 @@ impl<'a> Session<'a> {
             swa: plan.swa.as_ref().map(|s| attn_inputs("swa", s.n_kv)),
         };
         let mut gf = ctx.new_graph(n_nodes);
-        let logits = build(&ctx, &mut gf, self.model, &self.kv, &inputs).set_output();
+        let sparse = self.sparse.as_ref().filter(|_| n_tokens <= self.sparse_max_batch);
+        let logits = build(&ctx, &mut gf, self.model, &self.kv, &inputs, sparse).set_output();
         gf.build_forward_expand(logits);
         let keep: Vec<Tensor<'_>> = trace
             .iter()

@@ -4,7 +4,7 @@
 
 use super::{Hparams, KvCache, Model};
 use crate::ggml::{Context, Graph, RopeParams, Tensor};
-use crate::graph::{attention, moe_ffn, rms_norm_w, AttnInputs, AttnParams};
+use crate::graph::{attention, moe_ffn, rms_norm_w, AttnInputs, AttnParams, SparseMoe};
 
 /// The host-set inputs of one evaluation.
 #[derive(Clone, Copy)]
@@ -47,6 +47,7 @@ pub fn build<'a>(
     m: &Model<'a>,
     kv: &KvCache<'a>,
     inp: &GraphInputs<'a>,
+    sparse: Option<&SparseMoe>,
 ) -> Tensor<'a> {
     let hp = &m.hp;
     let eps = hp.rms_norm_eps;
@@ -58,6 +59,8 @@ pub fn build<'a>(
 
         // SmallThinker: the router reads the raw layer input, before attn_norm (so experts can be prefetched).
         let mut router_logits = ctx.mul_mat(l.ffn_gate_inp, inp_l).format_name("ffn_moe_logits", ilc); // [n_expert, n_tokens]
+                                                                                                       // Sparse path: gating and top-k here, before attention, publishing the expert ids (graph::sparse_moe).
+        let route = sparse.map(|s| s.route(ctx, gf, router_logits, il)); // [k, n_tokens]
 
         let cur = rms_norm_w(ctx, inp_l, l.attn_norm, eps).format_name("attn_norm", ilc);
         let attn_inp = match (hp.is_swa(il), &inp.swa) {
@@ -66,7 +69,8 @@ pub fn build<'a>(
         };
         let mut cur = attention(ctx, gf, cur, &l.attn, kv.layer(il), attn_inp, &attn_params(hp, il), ilc);
 
-        if il + 1 == hp.n_layer {
+        let last = il + 1 == hp.n_layer;
+        if last {
             // Only the rows whose logits are wanted go through the last FFN (llama.cpp's out_ids).
             cur = ctx.get_rows(cur, inp.out_ids);
             inp_sa = ctx.get_rows(inp_sa, inp.out_ids);
@@ -76,7 +80,10 @@ pub fn build<'a>(
         let ffn_inp = ctx.add(cur, inp_sa).format_name("ffn_inp", ilc);
         let cur = rms_norm_w(ctx, ffn_inp, l.ffn_norm, eps).format_name("ffn_norm", ilc);
         // ReGLU experts, gated by softmax or sigmoid over the router logits, top-k, renormalised.
-        let cur = moe_ffn(ctx, cur, router_logits, &l.experts, &hp.moe(), ilc);
+        let cur = match (sparse, route) {
+            (Some(s), Some(w)) => s.experts(ctx, cur, w, &l.experts, last.then_some(inp.out_ids), il),
+            _ => moe_ffn(ctx, cur, router_logits, &l.experts, &hp.moe(), ilc),
+        };
         inp_l = ctx.add(cur, ffn_inp).format_name("l_out", ilc); // [n_embd, n_tokens]
     }
 

@@ -14,7 +14,15 @@ pub fn run(path: &Path, n_ctx: u32, n_batch: u32, ty: KvType, steps: &[(&[u32], 
     let model = Model::load(&wctx, &file).unwrap();
     let kctx = KvCache::context(&model.hp).unwrap();
     let kv = KvCache::new(&kctx, &model.hp, KvParams { n_ctx, n_batch, ty }).unwrap();
-    let mut s = Session::new(&model, kv, SessionParams { n_threads: 2 }).unwrap();
+    let mut s = Session::new(
+        &model,
+        kv,
+        SessionParams {
+            n_threads: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let mut out = Vec::new();
     for (tokens, rows) in steps {
         out.extend(s.eval(tokens, *rows).unwrap());

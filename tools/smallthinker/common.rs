@@ -2,7 +2,8 @@
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
-use smallthinker::gguf::GgufFile;
+use smallthinker::gguf::{GgmlType, GgufFile};
+use smallthinker::graph::DownType;
 use smallthinker::model::{KvCache, KvParams, KvType, Model, Session, SessionParams};
 use smallthinker::sampling::SamplerParams;
 
@@ -58,6 +59,32 @@ pub struct SessionArgs {
     /// KV cache element type.
     #[arg(long, value_enum, default_value = "f16")]
     pub kv_type: KvTypeArg,
+    /// Run the MoE with plain ggml ops (mul_mat_id), as llama.cpp does, instead of the sparse path.
+    #[arg(long)]
+    pub dense: bool,
+    /// Type of the sparse path's neuron-major down copy (auto: Q8_0 for quantized models, F32 for float ones).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub moe_down: MoeDownArg,
+}
+
+/// `--moe-down` values.
+#[derive(clap::ValueEnum, Clone, Copy)]
+pub enum MoeDownArg {
+    Auto,
+    Q8_0,
+    Q4_0,
+    F32,
+}
+
+impl MoeDownArg {
+    pub fn down_type(self) -> DownType {
+        match self {
+            MoeDownArg::Auto => DownType::Auto,
+            MoeDownArg::Q8_0 => DownType::Fixed(GgmlType::Q8_0),
+            MoeDownArg::Q4_0 => DownType::Fixed(GgmlType::Q4_0),
+            MoeDownArg::F32 => DownType::Fixed(GgmlType::F32),
+        }
+    }
 }
 
 /// Sampling flags, llama.cpp's names and defaults.
@@ -126,5 +153,13 @@ pub fn session<'a>(
     };
     let kv = KvCache::new(kctx, &model.hp, kv_params)?;
     let threads = args.threads.unwrap_or_else(physical_cores);
-    Ok(Session::new(model, kv, SessionParams { n_threads: threads })?)
+    let params = SessionParams {
+        n_threads: threads,
+        dense: args.dense,
+        down_type: args.moe_down.down_type(),
+        ..Default::default()
+    };
+    let session = Session::new(model, kv, params)?;
+    eprintln!("moe: {}", session.moe_path());
+    Ok(session)
 }

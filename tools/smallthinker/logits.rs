@@ -39,6 +39,9 @@ pub struct LogitsArgs {
     /// Tokens per graph while reading the prompt.
     #[arg(long, default_value_t = 512)]
     batch: u32,
+    /// Run the MoE with plain ggml ops (mul_mat_id) instead of the sparse path.
+    #[arg(long)]
+    dense: bool,
 }
 
 pub fn run(args: &LogitsArgs) -> anyhow::Result<()> {
@@ -62,7 +65,13 @@ pub fn run(args: &LogitsArgs) -> anyhow::Result<()> {
     };
     let kctx = KvCache::context(hp)?;
     let kv = KvCache::new(&kctx, hp, kv_params)?;
-    let mut session = Session::new(&model, kv, SessionParams { n_threads: threads })?;
+    let params = SessionParams {
+        n_threads: threads,
+        dense: args.dense,
+        ..Default::default()
+    };
+    let mut session = Session::new(&model, kv, params)?;
+    eprintln!("moe: {}", session.moe_path());
     let rows = if args.all { Rows::All } else { Rows::Last };
     let logits = session.eval(&args.tokens, rows)?;
 
