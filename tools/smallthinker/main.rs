@@ -11,6 +11,7 @@ mod inspect;
 mod logits;
 mod perplexity;
 mod run;
+mod serve;
 mod synth;
 
 #[derive(Parser)]
@@ -40,6 +41,8 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Perplexity of a text file, as llama-perplexity computes it.
     Perplexity(perplexity::PerplexityArgs),
+    /// OpenAI-compatible HTTP server with a chat page.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Chat(args) => chat::run(&args),
         Command::Perplexity(args) => perplexity::run(&args),
+        Command::Serve(args) => serve::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
