@@ -11,7 +11,7 @@ command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq
 bin=target/release/smallthinker
 [ -x "$bin" ] || cargo build --release
 log=$(mktemp)
-"$bin" serve -m "$model" --port 0 --ctx 512 2>"$log" &
+"$bin" serve -m "$model" --port 0 --ctx 512 -t 1 2>"$log" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -f "$log"' EXIT
 for _ in $(seq 100); do grep -q '^listening on' "$log" && break; sleep 0.1; done
@@ -21,8 +21,11 @@ page="$url/?q=Hello%2C%20who%20are%20you%3F"
 flags=(--headless --no-sandbox --disable-gpu --window-size=900,600 --virtual-time-budget=20000)
 dom=$(chromium "${flags[@]}" --dump-dom "$page" 2>/dev/null)
 chromium "${flags[@]}" --screenshot="$out" "$page" 2>/dev/null
-# The answer bubble must have streamed text and finished.
-answer=$(printf '%s' "$dom" | grep -o '<div class="assistant" data-done="true">[^<]*</div>' | head -1)
-[ -n "$answer" ] || { echo "no finished answer in the page:"; printf '%s\n' "$dom" | grep -A3 'id="log"'; exit 1; }
+# The answer bubble must hold streamed text.
+answer=$(printf '%s' "$dom" | python3 -c '
+import re, sys
+m = re.search(r"<div class=\"assistant\"( data-done=\"true\")?>(.+?)</div>", sys.stdin.read(), re.S)
+print(f"{len(m.group(2))} characters, finished: {bool(m.group(1))}" if m else "")')
+[ -n "$answer" ] || { echo "no answer in the page:"; printf '%s\n' "$dom" | grep -A3 'id="log"'; exit 1; }
 echo "answer: $answer"
 echo "screenshot: $out"
