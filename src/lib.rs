@@ -10,6 +10,7 @@ pub mod gguf;
 pub mod graph;
 pub mod model;
 pub mod sampling;
+pub mod server;
 pub mod synth;
 pub mod tokenizer;
 

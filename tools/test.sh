@@ -4,10 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# gguf-py 0.19 is the reference GGUF reader/writer and quantizer the tests compare against.
+# gguf-py 0.19 is the reference GGUF reader/writer and quantizer the tests compare against; the official openai
+# client drives `smallthinker serve` in tests/serve.rs.
 py=target/pyenv
 [ -x "$py/bin/python" ] || python3 -m venv "$py"
-"$py/bin/python" -c 'import gguf, numpy' 2>/dev/null || "$py/bin/pip" install --quiet gguf==0.19.0 numpy
+"$py/bin/python" -c 'import gguf, numpy, openai' 2>/dev/null || "$py/bin/pip" install --quiet gguf==0.19.0 numpy openai==3.51.0
 export SMALLTHINKER_PYTHON="$PWD/$py/bin/python"
 
 # The bindings check needs libclang (bindgen loads it at run time).

@@ -12,6 +12,7 @@ mod inspect;
 mod logits;
 mod perplexity;
 mod run;
+mod serve;
 mod synth;
 
 #[derive(Parser)]
@@ -43,6 +44,8 @@ enum Command {
     Perplexity(perplexity::PerplexityArgs),
     /// Prefill and decode speed on a fixed workload (the one tools/ref/llama_speed.py runs on llama.cpp).
     Bench(bench::BenchArgs),
+    /// OpenAI-compatible HTTP server with a chat page.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Chat(args) => chat::run(&args),
         Command::Perplexity(args) => perplexity::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Serve(args) => serve::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,416 @@
+//! The scheduler: one thread owns the model and `n_parallel` slots (each a [`Session`] with its own KV cache).
+//! Requests wait in a bounded queue; every loop turn admits queued jobs into free slots, then advances each
+//! active slot by one step (its prompt, or one decode token), so slots interleave token by token. Tokens go back
+//! to the HTTP side on a channel; a closed channel (the client went away) cancels the job and frees its slot.
+//!
+//! Prompt cache: each slot remembers the tokens its cache holds. A job goes to the free slot whose tokens are a
+//! prefix of its prompt (the next chat turn) and only the rest is evaluated; otherwise the slot is reset.
+//! `KvCache` has no way to drop cells after a position, so a prompt that only shares part of a slot's tokens is
+//! evaluated in full.
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::gguf::GgufFile;
+use crate::model::{KvCache, KvParams, KvType, Model, Rows, Session, SessionParams};
+use crate::sampling::{Generation, Sampler, StopCriteria, StopReason};
+use crate::tokenizer::{Tokenizer, VocabSpec};
+
+/// How to run the model.
+#[derive(Clone, Debug)]
+pub struct EngineParams {
+    pub model: PathBuf,
+    pub n_parallel: usize,
+    /// Context per slot (default: the model's training context).
+    pub n_ctx: Option<u32>,
+    pub n_batch: u32,
+    pub n_threads: usize,
+    pub kv_type: KvType,
+    /// Jobs that may wait for a slot before new ones are refused.
+    pub queue: usize,
+}
+
+/// One generation request.
+pub struct Job {
+    pub prompt: Vec<u32>,
+    pub sampler: Sampler,
+    pub criteria: StopCriteria,
+    /// Report log-probabilities with this many alternatives.
+    pub n_probs: Option<usize>,
+    pub events: UnboundedSender<Event>,
+}
+
+/// A token's log-probability and the most likely alternatives (text, bytes, logprob).
+#[derive(Clone, Debug)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    pub top: Vec<(String, Vec<u8>, f32)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// What the scheduler reports for a job.
+#[derive(Clone, Debug)]
+pub enum Event {
+    Token {
+        text: String,
+        logprob: Option<TokenLogprob>,
+    },
+    Done(Finish),
+    Failed(String),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Finish {
+    pub reason: FinishReason,
+    pub prompt_tokens: usize,
+    /// Prompt tokens reused from the slot's cache.
+    pub cached_tokens: usize,
+    pub completion_tokens: usize,
+    pub prompt_ms: f64,
+    pub gen_ms: f64,
+}
+
+/// Counters the HTTP side shows on `/health`.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub queued: AtomicUsize,
+    pub processing: AtomicUsize,
+}
+
+/// What the model is, as the scheduler loaded it.
+#[derive(Clone, Copy, Debug)]
+pub struct ModelInfo {
+    pub n_ctx: u32,
+    pub n_vocab: u32,
+    pub n_parallel: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("loading the model: {0}")]
+    Load(String),
+    #[error("the queue is full ({0} requests waiting)")]
+    Busy(usize),
+    #[error("the scheduler has stopped")]
+    Stopped,
+}
+
+/// The HTTP side's handle on the scheduler thread.
+pub struct Engine {
+    tx: SyncSender<Job>,
+    pub info: ModelInfo,
+    pub stats: Arc<EngineStats>,
+    queue: usize,
+}
+
+impl Engine {
+    /// Starts the scheduler thread and waits until the model is loaded.
+    pub fn start(params: EngineParams) -> Result<Engine, EngineError> {
+        let (tx, rx) = mpsc::sync_channel(params.queue);
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stats = Arc::new(EngineStats::default());
+        let thread_stats = stats.clone();
+        let queue = params.queue;
+        std::thread::Builder::new()
+            .name("scheduler".into())
+            .spawn(move || scheduler(&params, &rx, &ready_tx, &thread_stats))
+            .map_err(|e| EngineError::Load(e.to_string()))?;
+        let info = ready_rx
+            .recv()
+            .map_err(|_| EngineError::Stopped)?
+            .map_err(EngineError::Load)?;
+        Ok(Engine { tx, info, stats, queue })
+    }
+
+    /// Queues `job`; refuses it when the queue is full.
+    pub fn submit(&self, job: Job) -> Result<(), EngineError> {
+        self.stats.queued.fetch_add(1, Ordering::SeqCst);
+        let r = self.tx.try_send(job).map_err(|e| match e {
+            TrySendError::Full(_) => EngineError::Busy(self.queue),
+            TrySendError::Disconnected(_) => EngineError::Stopped,
+        });
+        if r.is_err() {
+            self.stats.queued.fetch_sub(1, Ordering::SeqCst);
+        }
+        r
+    }
+}
+
+struct Active {
+    job: Job,
+    gen: Generation,
+    /// Logits of the last evaluated position; `None` until the prompt is evaluated.
+    logits: Option<Vec<f32>>,
+    cached_tokens: usize,
+    completion_tokens: usize,
+    start: Instant,
+    prompt_ms: f64,
+}
+
+struct Slot<'a> {
+    session: Session<'a>,
+    /// The tokens the KV cache holds, in order.
+    cached: Vec<u32>,
+    active: Option<Active>,
+    last_used: u64,
+}
+
+fn scheduler(
+    p: &EngineParams,
+    rx: &Receiver<Job>,
+    ready: &mpsc::Sender<Result<ModelInfo, String>>,
+    stats: &EngineStats,
+) {
+    let file = match GgufFile::open(&p.model) {
+        Ok(f) => f,
+        Err(e) => return drop(ready.send(Err(format!("{}: {e}", p.model.display())))),
+    };
+    let wctx = match Model::context(&file) {
+        Ok(c) => c,
+        Err(e) => return drop(ready.send(Err(e.to_string()))),
+    };
+    let model = match Model::load(&wctx, &file) {
+        Ok(m) => m,
+        Err(e) => return drop(ready.send(Err(e.to_string()))),
+    };
+    let tok = match VocabSpec::from_gguf(&file)
+        .map_err(|e| e.to_string())
+        .and_then(|s| Tokenizer::new(&s).map_err(|e| e.to_string()))
+    {
+        Ok(t) => t,
+        Err(e) => return drop(ready.send(Err(e))),
+    };
+    let n_ctx = p.n_ctx.unwrap_or(model.hp.n_ctx_train);
+    let kv_params = KvParams {
+        n_ctx,
+        n_batch: p.n_batch.min(n_ctx),
+        ty: p.kv_type,
+    };
+    let mut kctxs = Vec::new();
+    for _ in 0..p.n_parallel {
+        match KvCache::context(&model.hp) {
+            Ok(c) => kctxs.push(c),
+            Err(e) => return drop(ready.send(Err(e.to_string()))),
+        }
+    }
+    let mut slots = Vec::new();
+    for kctx in &kctxs {
+        let session = KvCache::new(kctx, &model.hp, kv_params)
+            .map_err(|e| e.to_string())
+            .and_then(|kv| {
+                Session::new(&model, kv, SessionParams { n_threads: p.n_threads }).map_err(|e| e.to_string())
+            });
+        match session {
+            Ok(session) => slots.push(Slot {
+                session,
+                cached: Vec::new(),
+                active: None,
+                last_used: 0,
+            }),
+            Err(e) => return drop(ready.send(Err(e))),
+        }
+    }
+    let info = ModelInfo {
+        n_ctx,
+        n_vocab: model.hp.n_vocab,
+        n_parallel: p.n_parallel,
+    };
+    if ready.send(Ok(info)).is_err() {
+        return;
+    }
+    let mut clock = 0u64;
+    loop {
+        let idle = slots.iter().all(|s| s.active.is_none());
+        if idle {
+            match rx.recv() {
+                Ok(job) => admit(&mut slots, job, stats, &mut clock),
+                Err(_) => return,
+            }
+        }
+        while slots.iter().any(|s| s.active.is_none()) {
+            match rx.try_recv() {
+                Ok(job) => admit(&mut slots, job, stats, &mut clock),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        for slot in &mut slots {
+            if slot.active.is_some() {
+                step(slot, &tok, n_ctx);
+                if slot.active.is_none() {
+                    stats.processing.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+}
+
+/// Puts `job` in the free slot whose cached tokens are the longest prefix of its prompt, else the least
+/// recently used free slot.
+fn admit(slots: &mut [Slot<'_>], job: Job, stats: &EngineStats, clock: &mut u64) {
+    stats.queued.fetch_sub(1, Ordering::SeqCst);
+    let extends = |s: &Slot<'_>| s.cached.len() < job.prompt.len() && job.prompt.starts_with(&s.cached);
+    let free = || slots.iter().enumerate().filter(|(_, s)| s.active.is_none());
+    let best = free()
+        .filter(|(_, s)| extends(s) && !s.cached.is_empty())
+        .max_by_key(|(_, s)| s.cached.len())
+        .or_else(|| free().min_by_key(|(_, s)| s.last_used))
+        .map(|(i, _)| i);
+    let Some(i) = best else { return };
+    *clock += 1;
+    let slot = &mut slots[i];
+    slot.last_used = *clock;
+    stats.processing.fetch_add(1, Ordering::SeqCst);
+    slot.active = Some(Active {
+        gen: Generation::new(job.criteria.clone()),
+        job,
+        logits: None,
+        cached_tokens: 0,
+        completion_tokens: 0,
+        start: Instant::now(),
+        prompt_ms: 0.0,
+    });
+}
+
+/// Advances one slot by its prompt or by one token; clears `active` when the job is over.
+fn step(slot: &mut Slot<'_>, tok: &Tokenizer, n_ctx: u32) {
+    let Some(a) = slot.active.as_mut() else { return };
+    if a.job.events.is_closed() {
+        // The client went away; the cache still holds exactly `cached`.
+        slot.active = None;
+        return;
+    }
+    let Some(logits) = a.logits.take() else {
+        let prompt = &a.job.prompt;
+        if !(prompt.len() > slot.cached.len() && prompt.starts_with(&slot.cached)) {
+            slot.session.reset();
+            slot.cached.clear();
+        }
+        a.cached_tokens = slot.cached.len();
+        let new = prompt[slot.cached.len()..].to_vec();
+        for &t in prompt {
+            a.job.sampler.accept(t);
+        }
+        let t0 = Instant::now();
+        match slot.session.eval(&new, Rows::Last) {
+            Ok(l) => {
+                slot.cached.extend_from_slice(&new);
+                a.logits = Some(l);
+                a.prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
+                a.start = Instant::now();
+            }
+            Err(e) => fail(slot, &e.to_string()),
+        }
+        return;
+    };
+    let id = match a.job.sampler.sample(&logits) {
+        Ok(id) => id,
+        Err(e) => return fail(slot, &e.to_string()),
+    };
+    a.job.sampler.accept(id);
+    a.completion_tokens += 1;
+    let logprob = a
+        .job
+        .n_probs
+        .filter(|_| !tok.is_eog(id))
+        .map(|n| token_logprob(tok, &logits, id, n));
+    let s = match a.gen.push(tok, id) {
+        Ok(s) => s,
+        Err(e) => return fail(slot, &e.to_string()),
+    };
+    let mut reason = s.stop.map(|r| match r {
+        StopReason::MaxTokens => FinishReason::Length,
+        StopReason::Eog(_) | StopReason::StopString(_) => FinishReason::Stop,
+    });
+    let mut text = s.text;
+    if reason.is_none() && slot.session.n_past() >= n_ctx {
+        text.push_str(&a.gen.finish());
+        reason = Some(FinishReason::Length);
+    }
+    if (!text.is_empty() || logprob.is_some()) && a.job.events.send(Event::Token { text, logprob }).is_err() {
+        slot.active = None;
+        return;
+    }
+    if let Some(reason) = reason {
+        let finish = Finish {
+            reason,
+            prompt_tokens: a.job.prompt.len(),
+            cached_tokens: a.cached_tokens,
+            completion_tokens: a.completion_tokens,
+            prompt_ms: a.prompt_ms,
+            gen_ms: a.start.elapsed().as_secs_f64() * 1e3,
+        };
+        let _ = a.job.events.send(Event::Done(finish));
+        slot.active = None;
+        return;
+    }
+    match slot.session.eval(&[id], Rows::Last) {
+        Ok(l) => {
+            slot.cached.push(id);
+            a.logits = Some(l);
+        }
+        Err(e) => fail(slot, &e.to_string()),
+    }
+}
+
+/// Reports a failure; the cache may be half-written, so the slot starts afresh next time.
+fn fail(slot: &mut Slot<'_>, msg: &str) {
+    if let Some(a) = slot.active.take() {
+        let _ = a.job.events.send(Event::Failed(msg.to_string()));
+    }
+    slot.session.reset();
+    slot.cached.clear();
+}
+
+fn piece(tok: &Tokenizer, id: u32) -> (String, Vec<u8>) {
+    let bytes = tok
+        .token_to_piece_bytes(id, true)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default();
+    (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+}
+
+/// Log-softmax of the model's raw logits for `id` and the `n` most likely tokens.
+fn token_logprob(tok: &Tokenizer, logits: &[f32], id: u32, n: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    let n = n.min(order.len());
+    if n > 0 {
+        order.select_nth_unstable_by(n - 1, |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+    }
+    let mut top: Vec<u32> = order[..n].to_vec();
+    top.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+    let (token, bytes) = piece(tok, id);
+    TokenLogprob {
+        token,
+        bytes,
+        logprob: logits[id as usize] - lse,
+        top: top
+            .into_iter()
+            .map(|t| {
+                let (s, b) = piece(tok, t);
+                (s, b, logits[t as usize] - lse)
+            })
+            .collect(),
+    }
+}

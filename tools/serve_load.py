@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Throughput, latency, prompt-cache and load figures for `smallthinker serve` on loopback (stdlib only).
+
+usage: tools/serve_load.py BINARY MODEL.gguf [--parallel 4] [--requests 300] [--concurrency 8] [--max-tokens 16]
+Starts the server on a free port, then: (1) aggregate tokens/s and p50/p99 latency at 1, 2, 4, 8 clients;
+(2) the prompt-evaluation time of a multi-turn chat with and without the slot's cached prefix; (3) a bounded load
+test (mixed streaming and not) that must have zero failures, and the server's RSS at idle before and after.
+"""
+import argparse
+import http.client
+import json
+import statistics
+import subprocess
+import threading
+import time
+
+ap = argparse.ArgumentParser()
+ap.add_argument("binary")
+ap.add_argument("model")
+ap.add_argument("--parallel", type=int, default=4)
+ap.add_argument("--requests", type=int, default=300)
+ap.add_argument("--concurrency", type=int, default=8)
+ap.add_argument("--max-tokens", type=int, default=16)
+ap.add_argument("--threads", type=int, default=2)
+args = ap.parse_args()
+
+proc = subprocess.Popen([args.binary, "serve", "-m", args.model, "--port", "0", "--parallel", str(args.parallel),
+                         "--ctx", "1024", "-t", str(args.threads), "--queue", "256"], stderr=subprocess.PIPE, text=True)
+line = proc.stderr.readline()
+assert line.startswith("listening on http://"), line
+HOST, PORT = line.strip().removeprefix("listening on http://").rsplit(":", 1)
+PORT = int(PORT)
+
+
+def rss_kib():
+    for l in open(f"/proc/{proc.pid}/status"):
+        if l.startswith("VmRSS:"):
+            return int(l.split()[1])
+
+
+def post(path, body, stream=False):
+    """Returns (status, completion tokens, seconds, response json or None)."""
+    t0 = time.time()
+    conn = http.client.HTTPConnection(HOST, PORT, timeout=300)
+    conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+    r = conn.getresponse()
+    if r.status != 200:
+        r.read()
+        conn.close()
+        return r.status, 0, time.time() - t0, None
+    if not stream:
+        j = json.loads(r.read())
+        conn.close()
+        return 200, j["usage"]["completion_tokens"], time.time() - t0, j
+    n, done, buf = 0, False, b""
+    while True:
+        chunk = r.read1(65536)
+        if not chunk:
+            break
+        buf += chunk
+        while b"\n\n" in buf:
+            ev, buf = buf.split(b"\n\n", 1)
+            data = ev.decode().removeprefix("data: ").strip()
+            if data == "[DONE]":
+                done = True
+            elif data:
+                j = json.loads(data)
+                if "error" in j:
+                    return 500, n, time.time() - t0, None
+                if j["choices"] and j["choices"][0].get("finish_reason") is None:
+                    n += 1
+    conn.close()
+    return (200 if done else 599), n, time.time() - t0, None
+
+
+PROMPTS = ["The quick brown fox", "Once upon a time", "In a small village", "The answer is", "Hello world"]
+
+
+def run_clients(n_clients, n_requests, stream_mix):
+    results, lock, counter = [], threading.Lock(), [0]
+
+    def worker():
+        while True:
+            with lock:
+                i = counter[0]
+                counter[0] += 1
+            if i >= n_requests:
+                return
+            stream = stream_mix and i % 2 == 1
+            body = {"prompt": PROMPTS[i % len(PROMPTS)] + f" {i}", "max_tokens": args.max_tokens,
+                    "temperature": 0.8, "seed": i, "stream": stream}
+            try:
+                res = post("/v1/completions", body, stream)
+            except Exception as e:  # a failed request is counted, not raised
+                res = (0, 0, 0.0, str(e))
+            with lock:
+                results.append(res)
+
+    t0 = time.time()
+    ts = [threading.Thread(target=worker) for _ in range(n_clients)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    wall = time.time() - t0
+    ok = [r for r in results if r[0] == 200]
+    lat = sorted(r[2] for r in ok)
+    toks = sum(r[1] for r in ok)
+    p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
+    return {"requests": len(results), "failed": len(results) - len(ok), "tokens": toks, "wall_s": wall,
+            "tok_per_s": toks / wall, "p50_s": p(0.5), "p99_s": p(0.99)}
+
+
+try:
+    post("/v1/completions", {"prompt": "warm up", "max_tokens": 4})
+    print(f"model {args.model}, --parallel {args.parallel}, -t {args.threads}, max_tokens {args.max_tokens}")
+    print("clients  requests  tokens/s  p50 latency  p99 latency")
+    for c in (1, 2, 4, 8):
+        r = run_clients(c, max(8, 4 * c), False)
+        print(f"{c:7d}  {r['requests']:8d}  {r['tok_per_s']:8.1f}  {r['p50_s']:9.2f} s  {r['p99_s']:9.2f} s"
+              f"  (failed {r['failed']})")
+
+    # Multi-turn chat: each turn's prompt extends the previous turn's cache; compare with the same prompt cold.
+    msgs, warm, cold = [], [], []
+    for turn in range(4):
+        msgs.append({"role": "user", "content": f"Tell me more about topic {turn}, " + "please " * 20})
+        _, _, _, j = post("/v1/chat/completions", {"messages": msgs, "max_tokens": 16, "temperature": 0})
+        warm.append((j["timings"]["prompt_ms"], j["usage"]["prompt_tokens"], j["timings"]["cache_n"]))
+        msgs.append({"role": "assistant", "content": j["choices"][0]["message"]["content"]})
+    # Cold: fill every slot with unrelated prompts first so no cache matches.
+    for i in range(args.parallel):
+        post("/v1/completions", {"prompt": f"unrelated {i}", "max_tokens": 1})
+    for turn in range(4):
+        _, _, _, j = post("/v1/chat/completions", {"messages": msgs[:2 * turn + 1], "max_tokens": 1, "temperature": 0})
+        cold.append(j["timings"]["prompt_ms"])
+        for i in range(args.parallel):
+            post("/v1/completions", {"prompt": f"evict {turn} {i}", "max_tokens": 1})
+    print("turn  prompt tokens  cached  prompt ms (cache)  prompt ms (cold)")
+    for t, ((ms, n, cache_n), cms) in enumerate(zip(warm, cold)):
+        print(f"{t + 1:4d}  {n:13d}  {cache_n:6d}  {ms:17.1f}  {cms:16.1f}")
+
+    time.sleep(0.5)
+    idle = rss_kib()
+    r = run_clients(args.concurrency, args.requests, True)
+    time.sleep(1.0)
+    after = rss_kib()
+    print(f"load: {r['requests']} requests, {args.concurrency} concurrent, half streaming: failed {r['failed']}, "
+          f"{r['tokens']} tokens in {r['wall_s']:.1f} s = {r['tok_per_s']:.1f} tokens/s, "
+          f"p50 {r['p50_s']:.2f} s, p99 {r['p99_s']:.2f} s; RSS idle {idle} KiB before, {after} KiB after")
+    assert r["failed"] == 0, "failed requests"
+    assert proc.poll() is None, "the server exited"
+finally:
+    proc.terminate()
+    proc.wait(timeout=10)

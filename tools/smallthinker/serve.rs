@@ -1,0 +1,75 @@
+//! `smallthinker serve -m M.gguf`: the OpenAI-compatible HTTP server (see `smallthinker::server`).
+use std::path::PathBuf;
+
+use anyhow::bail;
+use smallthinker::server::{EngineParams, Server, ServerParams};
+
+use crate::common::{physical_cores, KvTypeArg};
+
+/// Arguments of `serve`.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// The GGUF model.
+    #[arg(short = 'm', long = "model")]
+    model: PathBuf,
+    /// Address to listen on (loopback by default).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0 picks a free one; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Sequences generated at once; each has its own KV cache of --ctx positions.
+    #[arg(long, default_value_t = 1)]
+    parallel: usize,
+    /// Context per slot (default: the model's training context).
+    #[arg(long)]
+    ctx: Option<u32>,
+    /// Tokens per graph while reading a prompt.
+    #[arg(long, default_value_t = 512)]
+    batch: u32,
+    /// Threads (default: the physical cores).
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
+    #[arg(long, value_enum, default_value = "f16")]
+    kv_type: KvTypeArg,
+    /// Requests that may wait for a free slot; more get 503.
+    #[arg(long, default_value_t = 64)]
+    queue: usize,
+    /// Require `Authorization: Bearer KEY` on the API routes.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_body: usize,
+    /// Memory budget (not supported yet).
+    #[arg(long)]
+    mem_budget: Option<String>,
+}
+
+pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    if args.mem_budget.is_some() {
+        bail!("--mem-budget is not supported yet");
+    }
+    if args.parallel == 0 || args.batch == 0 || args.ctx == Some(0) || args.threads == Some(0) || args.queue == 0 {
+        bail!("--parallel, --batch, --ctx, --threads and --queue must be positive");
+    }
+    let params = ServerParams {
+        engine: EngineParams {
+            model: args.model.clone(),
+            n_parallel: args.parallel,
+            n_ctx: args.ctx,
+            n_batch: args.batch,
+            n_threads: args.threads.unwrap_or_else(physical_cores),
+            kv_type: args.kv_type.kv_type(),
+            queue: args.queue,
+        },
+        host: args.host.clone(),
+        port: args.port,
+        api_key: args.api_key.clone(),
+        max_body: args.max_body,
+    };
+    let server = Server::bind(params)?;
+    eprintln!("listening on http://{}", server.local_addr()?);
+    server.run()?;
+    Ok(())
+}
