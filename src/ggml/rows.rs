@@ -197,3 +197,56 @@ impl AlignedBytes {
         unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast(), self.len) }
     }
 }
+
+/// `out += h * row` for one row of `ty` (F32, Q8_0 or Q4_0: fused dequantise and accumulate, no f32 copy of the
+/// row); other types go through `deq` and `tmp`. The inner loops are compiled for AVX2+FMA too and picked at
+/// run time, since the crate is built for baseline x86-64 while ggml's C is built for the host.
+pub fn axpy_row(deq: &RowDequant, h: f32, row: &[u8], out: &mut [f32], tmp: &mut [f32]) {
+    check("axpy_row", deq.ty, deq.len, row);
+    assert_eq!(out.len(), deq.n, "axpy_row: {} outputs, expected {}", out.len(), deq.n);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return unsafe { axpy_avx2(deq, h, row, out, tmp) };
+        }
+    }
+    axpy_generic(deq, h, row, out, tmp)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn axpy_avx2(deq: &RowDequant, h: f32, row: &[u8], out: &mut [f32], tmp: &mut [f32]) {
+    axpy_generic(deq, h, row, out, tmp)
+}
+
+#[inline(always)]
+fn axpy_generic(deq: &RowDequant, h: f32, row: &[u8], out: &mut [f32], tmp: &mut [f32]) {
+    let f16 = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+    match deq.ty {
+        GgmlType::Q8_0 => {
+            for (blk, o) in row.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
+                let s = h * f16(blk);
+                for (o, &q) in o.iter_mut().zip(&blk[2..34]) {
+                    *o = (q as i8 as f32).mul_add(s, *o);
+                }
+            }
+        }
+        GgmlType::Q4_0 => {
+            for (blk, o) in row.chunks_exact(18).zip(out.chunks_exact_mut(32)) {
+                let s = h * f16(blk);
+                let (lo, hi) = o.split_at_mut(16);
+                for ((l, hh), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&blk[2..18]) {
+                    *l = (((q & 0x0f) as i32 - 8) as f32).mul_add(s, *l);
+                    *hh = (((q >> 4) as i32 - 8) as f32).mul_add(s, *hh);
+                }
+            }
+        }
+        _ => {
+            deq.run(row, tmp);
+            for (o, &d) in out.iter_mut().zip(tmp.iter()) {
+                *o = d.mul_add(h, *o);
+            }
+        }
+    }
+}

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 
 use super::sparse_moe::{LayerState, RouteEvent, CHUNK, N_PARTS};
-use crate::ggml::rows::AlignedBytes;
+use crate::ggml::rows::{axpy_row, AlignedBytes};
 use crate::ggml::CustomOpCtx;
 
 /// One thread (`custom_4d_single`): top-k of each token's gated probabilities, renormalised with the lower
@@ -122,11 +122,9 @@ pub(super) fn expert_op(l: &LayerState, op: &CustomOpCtx) {
                     continue;
                 }
                 active += h.len() as u64;
-                l.down.run(&down[r * dl..(r + 1) * dl], &mut tmp);
+                let d_row = &down[r * dl..(r + 1) * dl];
                 for &(t, hv) in &h {
-                    for (o, d) in plane[t].1.iter_mut().zip(&tmp) {
-                        *o += hv * d;
-                    }
+                    axpy_row(&l.down, hv, d_row, plane[t].1, &mut tmp);
                 }
             }
         }
