@@ -121,6 +121,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     if a.depth > 0 {
         session.eval(&ids(DEPTH_BASE, a.depth, n_vocab), Rows::Last)?;
     }
+    session.reset_moe_stats(); // the fraction covers the timed prompt and decode steps only
     let t0 = Instant::now();
     session.eval(&ids(PROMPT_BASE, a.prompt, n_vocab), Rows::Last)?;
     let t1 = Instant::now();
@@ -131,9 +132,10 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     let prefill_tps = f64::from(a.prompt) / (t1 - t0).as_secs_f64();
     let decode_tps = f64::from(a.gen) / (t2 - t1).as_secs_f64();
     let rss = peak_rss_mb()?;
-    // The sparse-MoE engineer fills these in once the op reports how many expert neurons it computed.
-    let active_neuron_frac: Option<f64> = None;
-    let path = "dense";
+    // Counted by the sparse expert op; None when every step ran dense (no neuron was skipped or counted).
+    let stats = session.moe_stats();
+    let active_neuron_frac = (stats.total_neurons > 0).then(|| stats.active_frac());
+    let path = if session.moe_path().starts_with("sparse") { "sparse" } else { "dense" };
 
     if a.json {
         let line = json!({
@@ -151,7 +153,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         println!("{line}");
     } else {
         println!("model    {}", a.model.display());
-        println!("threads  {threads}, path {path}, depth {}", a.depth);
+        println!("threads  {threads}, moe {}, depth {}", session.moe_path(), a.depth);
         println!(
             "prefill  {:8.2} tok/s  ({} tokens in {:.3} s)",
             prefill_tps,
@@ -167,7 +169,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         println!("peak RSS {:8.0} MiB", rss);
         match active_neuron_frac {
             Some(f) => println!("active expert neurons {:.3}", f),
-            None => println!("active expert neurons n/a (dense path)"),
+            None => println!("active expert neurons n/a (no step took the sparse path)"),
         }
     }
     Ok(())
