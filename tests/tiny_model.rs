@@ -113,7 +113,8 @@ fn greedy(gguf: &Path, prompt: &[u32], n: usize) -> Vec<u32> {
         ty: KvType::F32,
     };
     let kv = KvCache::new(&kctx, &model.hp, params).unwrap();
-    let mut s = Session::new(&model, kv, SessionParams { n_threads: 2 }).unwrap();
+    // One thread: 100 single-token steps are barrier-bound, and two threads crawl on a loaded machine.
+    let mut s = Session::new(&model, kv, SessionParams { n_threads: 1 }).unwrap();
     let mut logits = s.eval(prompt, Rows::Last).unwrap();
     let mut out = Vec::new();
     for _ in 0..n {
