@@ -34,7 +34,7 @@ fn hparams() -> Hparams {
         n_expert_used: 2,
         n_ff_exp: 256,
         gating: Gating::Softmax,
-        swa: true,
+        swa: Some(4096),
         n_vocab: 96,
     }
 }

@@ -206,8 +206,10 @@ impl HfConfig {
 }
 
 /// llama.cpp cannot store per-layer layouts: the presence of `sliding_window` turns on its one pattern
-/// (layer il % 4 == 0: NoPE + full attention; others RoPE + SWA, window hard-coded 4096), and its absence means RoPE +
-/// full attention everywhere (compat doc §3.2). Anything else is refused rather than silently run differently.
+/// (layer il % 4 == 0: NoPE + full attention; others RoPE + SWA), and its absence means RoPE + full attention
+/// everywhere (compat doc §3.2). Anything else is refused rather than silently run differently. The window is
+/// written as the config gives it: our engine honours it, llama.cpp uses 4096 whatever the file says (so a smaller
+/// window, like the tiny model's 64, matches llama.cpp only on sequences no longer than the window).
 fn check_layout(
     n_layer: u64,
     rope: Option<&[u64]>,
@@ -236,10 +238,15 @@ fn check_layout(
             });
         }
     }
+    if n_layer == 4 {
+        return Err(ConvertError::UnsupportedLayout {
+            why: "a 4-layer sliding-window model: llama.cpp applies RoPE to every layer when n_layer equals its NoPE step 4".into(),
+        });
+    }
     match window {
-        Some(4096) => Ok(Some(4096)),
+        Some(w) if w > 0 && w <= u64::from(u32::MAX) => Ok(Some(w)),
         Some(w) => Err(ConvertError::UnsupportedLayout {
-            why: format!("sliding_window_size {w}: llama.cpp hard-codes a 4096 window for smallthinker"),
+            why: format!("sliding_window_size {w} is not a positive u32"),
         }),
         None => Err(ConvertError::UnsupportedLayout {
             why: "sliding_window_layout has window layers but sliding_window_size is missing".into(),
@@ -264,10 +271,13 @@ mod tests {
             check_layout(8, Some(&iswa), Some(&iswa), Some(4096)).unwrap(),
             Some(4096)
         );
-        // NoPE without SWA, SWA on layer 0, a window other than 4096, SWA with RoPE everywhere.
+        // A window other than 4096 is kept (llama.cpp would use 4096; the engine honours it).
+        assert_eq!(check_layout(8, Some(&iswa), Some(&iswa), Some(64)).unwrap(), Some(64));
+        // NoPE without SWA, SWA on layer 0, a zero window, SWA with RoPE everywhere, 4 SWA layers.
         assert!(check_layout(8, Some(&iswa), Some(&all(0, 8)), Some(4096)).is_err());
         assert!(check_layout(8, Some(&iswa), Some(&all(1, 8)), Some(4096)).is_err());
-        assert!(check_layout(8, Some(&iswa), Some(&iswa), Some(2048)).is_err());
+        assert!(check_layout(8, Some(&iswa), Some(&iswa), Some(0)).is_err());
+        assert!(check_layout(4, Some(&iswa[..4]), Some(&iswa[..4]), Some(4096)).is_err());
         assert!(check_layout(8, Some(&all(1, 8)), Some(&iswa), Some(4096)).is_err());
     }
 }

@@ -5,7 +5,8 @@ use super::ModelError;
 use crate::gguf::{GgufFile, Value};
 
 /// The sliding window llama.cpp uses whenever `attention.sliding_window` is set: it hard-codes 4096 and ignores
-/// the file's value (smallthinker.cpp, load_arch_hparams).
+/// the file's value (smallthinker.cpp, load_arch_hparams). We honour the file's value (the released 21B stores
+/// 4096) and warn at load when it differs, because llama.cpp's outputs then diverge past this many tokens.
 pub const N_SWA: u32 = 4096;
 /// SWA layer period with the dense (full-attention) layer first: layer `il` is SWA iff `il % 4 != 0`.
 pub const SWA_PATTERN: u32 = 4;
@@ -106,8 +107,9 @@ pub struct Hparams {
     pub n_expert_used: u32,
     pub n_ff_exp: u32,
     pub gating: Gating,
-    /// `attention.sliding_window` present and > 0: SWA ([`N_SWA`]) on layers `il % 4 != 0`, NoPE on the rest.
-    pub swa: bool,
+    /// `attention.sliding_window` when present and > 0: SWA with this window on layers `il % 4 != 0`, NoPE on
+    /// the rest. The released 21B stores [`N_SWA`]; llama.cpp uses 4096 whatever the file says.
+    pub swa: Option<u32>,
     /// Length of `tokenizer.ggml.tokens`.
     pub n_vocab: u32,
 }
@@ -144,18 +146,29 @@ impl Hparams {
     /// "no SWA" is encoded as `n_no_rope_layer_step = n_layer`. So a SWA model with exactly 4 layers gets RoPE
     /// on every layer (HF's layout would make layer 0 NoPE). We follow llama.cpp; no released model has 4 layers.
     pub fn use_rope(&self, il: u32) -> bool {
-        !self.swa || self.n_layer == NO_ROPE_LAYER_STEP || il % NO_ROPE_LAYER_STEP != 0
+        self.swa.is_none() || self.n_layer == NO_ROPE_LAYER_STEP || il % NO_ROPE_LAYER_STEP != 0
     }
 
     /// Whether layer `il` uses sliding-window attention (dense layer first in every group of 4).
     pub fn is_swa(&self, il: u32) -> bool {
-        self.swa && il % SWA_PATTERN != 0
+        self.swa.is_some() && il % SWA_PATTERN != 0
     }
 
     /// The sliding window of the SWA layers: a key at `p_k` is masked for a query at `p_q` when
     /// `p_q - p_k >= n_swa`. None when the model has no SWA layer.
     pub fn n_swa(&self) -> Option<u32> {
-        self.swa.then_some(N_SWA)
+        self.swa
+    }
+
+    /// A one-line warning when the file's window is not the 4096 llama.cpp hard-codes (the tiny model's 64):
+    /// llama.cpp loads such a file but its outputs differ from ours once a sequence is longer than the window.
+    pub fn swa_warning(&self) -> Option<String> {
+        self.swa.filter(|&w| w != N_SWA).map(|w| {
+            format!(
+                "warning: sliding window {w} from {}; llama.cpp would use {N_SWA}",
+                keys::SLIDING_WINDOW
+            )
+        })
     }
 
     /// RoPE base of layer `il` (SWA layers may have their own).
@@ -263,9 +276,9 @@ impl Hparams {
         let gating = Gating::from_id(gating_id)
             .ok_or_else(|| bad(EXPERT_GATING_FUNC, gating_id, "expected 1 (softmax) or 2 (sigmoid)"))?;
 
-        let swa = kv.opt(SLIDING_WINDOW, "u32", Value::as_u32)?.is_some_and(|w| w > 0);
+        let swa = kv.opt(SLIDING_WINDOW, "u32", Value::as_u32)?.filter(|&w| w > 0);
         let mut rope_freq_base_swa = rope_freq_base;
-        if swa {
+        if swa.is_some() {
             rope_freq_base_swa = kv
                 .opt(ROPE_FREQ_BASE_SWA, "f32", Value::as_f32)?
                 .unwrap_or(rope_freq_base);
@@ -412,7 +425,7 @@ mod tests {
             n_expert_used: 6,
             n_ff_exp: 768,
             gating: Gating::Softmax,
-            swa: true,
+            swa: Some(4096),
             n_vocab: 151936,
         }
     }
@@ -427,7 +440,7 @@ mod tests {
             n_expert: 32,
             n_expert_used: 4,
             gating: Gating::Sigmoid,
-            swa: false,
+            swa: None,
             ..hp21b()
         }
     }
@@ -471,6 +484,22 @@ mod tests {
             (0..5).map(|il| hp.use_rope(il)).collect::<Vec<_>>(),
             [false, true, true, true, false]
         );
+    }
+
+    #[test]
+    fn a_window_other_than_4096_is_honoured_with_a_warning() {
+        assert_eq!(hp21b().swa_warning(), None);
+        let hp = Hparams {
+            swa: Some(64),
+            ..hp21b()
+        };
+        assert_eq!(hp.n_swa(), Some(64));
+        assert!(
+            hp.swa_warning().unwrap().contains("sliding window 64"),
+            "{:?}",
+            hp.swa_warning()
+        );
+        assert_eq!(hp4b().swa_warning(), None);
     }
 
     #[test]

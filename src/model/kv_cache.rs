@@ -283,7 +283,7 @@ mod tests {
             n_expert_used: 6,
             n_ff_exp: 768,
             gating: crate::model::Gating::Softmax,
-            swa: true,
+            swa: Some(4096),
             n_vocab: 151936,
         }
     }

@@ -237,7 +237,7 @@ mod tests {
             n_expert_used: 2,
             n_ff_exp: 96,
             gating: Gating::Sigmoid,
-            swa: false,
+            swa: None,
             n_vocab: 1000,
         }
     }

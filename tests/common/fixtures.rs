@@ -116,7 +116,7 @@ impl Manifest {
             n_expert_used: c.n_expert_used,
             n_ff_exp: c.n_ff_exp,
             gating: Gating::from_id(c.gating).expect("gating id"),
-            swa: c.sliding_window.is_some_and(|w| w > 0),
+            swa: c.sliding_window.filter(|&w| w > 0),
             n_vocab: self.n_vocab,
         }
     }

@@ -19,8 +19,8 @@ use crate::run::{generate, load_tokenizer, print_speed, tokenize_prompt};
 /// Arguments of `chat`.
 #[derive(clap::Args)]
 pub struct ChatArgs {
-    /// The GGUF model.
-    #[arg(short = 'm', long = "model")]
+    /// The GGUF model (default: the tiny model shipped in models/smallthinker-tiny).
+    #[arg(short = 'm', long = "model", default_value = common::DEFAULT_MODEL)]
     model: PathBuf,
     /// System message put before the conversation.
     #[arg(long)]

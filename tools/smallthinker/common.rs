@@ -123,8 +123,20 @@ impl SamplingArgs {
     }
 }
 
+/// The model `run` and `chat` use without -m: the tiny SmallThinker trained by tools/train_tiny, shipped in models/.
+pub const DEFAULT_MODEL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/models/smallthinker-tiny/smallthinker-tiny-q8_0.gguf"
+);
+
 /// Opens a model to run, with its pages mapped in up front (`GgufFile::prefault`), as llama.cpp does.
 pub fn open(path: &Path) -> anyhow::Result<GgufFile> {
+    if path == Path::new(DEFAULT_MODEL) && !path.exists() {
+        bail!(
+            "the default model {} is missing (it ships in the repository's models/ folder); pass -m MODEL.gguf",
+            path.display()
+        );
+    }
     let file = GgufFile::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     // Only a speed-up: a kernel without either advice still runs the model, faulting pages on first use.
     let _ = file.prefault();
@@ -146,6 +158,9 @@ pub fn session<'a>(
     kctx: &'a smallthinker::ggml::Context,
 ) -> anyhow::Result<Session<'a>> {
     let n_ctx = n_ctx(args, model)?;
+    if let Some(w) = model.hp.swa_warning() {
+        eprintln!("{w}");
+    }
     let kv_params = KvParams {
         n_ctx,
         n_batch: args.batch.min(n_ctx),

@@ -18,8 +18,8 @@ use crate::common::{self, SamplingArgs, SessionArgs};
 /// Arguments of `run`.
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// The GGUF model.
-    #[arg(short = 'm', long = "model")]
+    /// The GGUF model (default: the tiny model shipped in models/smallthinker-tiny).
+    #[arg(short = 'm', long = "model", default_value = common::DEFAULT_MODEL)]
     model: PathBuf,
     /// The prompt.
     #[arg(short = 'p', long)]
