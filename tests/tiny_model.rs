@@ -114,7 +114,7 @@ fn greedy(gguf: &Path, prompt: &[u32], n: usize) -> Vec<u32> {
     };
     let kv = KvCache::new(&kctx, &model.hp, params).unwrap();
     // One thread: 100 single-token steps are barrier-bound, and two threads crawl on a loaded machine.
-    let mut s = Session::new(&model, kv, SessionParams { n_threads: 1 }).unwrap();
+    let mut s = Session::new(&model, kv, SessionParams { n_threads: 1, ..Default::default() }).unwrap();
     let mut logits = s.eval(prompt, Rows::Last).unwrap();
     let mut out = Vec::new();
     for _ in 0..n {
