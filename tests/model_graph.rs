@@ -211,6 +211,8 @@ fn intermediates_carry_llama_cpp_names() {
         },
     )
     .unwrap();
+    // "kq" is an intermediate of llama.cpp's soft_max path (the default cell-attention op has none).
+    s.set_attn_kernel(smallthinker::graph::AttnKernel::SoftMax);
     let per_layer = [
         "attn_norm",
         "Qcur",

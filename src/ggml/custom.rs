@@ -145,6 +145,11 @@ impl CustomOpCtx {
         self.typed(i, GgmlType::F32)
     }
 
+    /// All values of F16 source `i`, as `ggml_fp16_t` bits (e.g. an f16 KV cache; see [`super::simd::f16_to_f32`]).
+    pub fn src_f16(&self, i: usize) -> &[u16] {
+        self.typed(i, GgmlType::F16)
+    }
+
     /// All values of I32 source `i` (ids, positions).
     pub fn src_i32(&self, i: usize) -> &[i32] {
         self.typed(i, GgmlType::I32)

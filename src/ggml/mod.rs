@@ -53,6 +53,7 @@
 
 pub mod mmap;
 pub mod quant;
+pub mod simd;
 #[rustfmt::skip]
 pub mod sys;
 

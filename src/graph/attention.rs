@@ -2,9 +2,12 @@
 //! (`build_attn_mha`, the non-flash path) for one layer.
 //!
 //! The new K and V rows are stored into the cache first (`set_rows` at the slots the cache chose), then the
-//! queries attend over the first `n_kv` cache cells; which cells a query may see (causal, sliding window, empty)
-//! is entirely the mask's business, so the same code serves full-length and ring-buffer caches.
+//! queries attend over the first `n_kv` cache cells. Which cells a query may see (causal, sliding window, empty)
+//! comes either from the positions the cells hold ([`KvRead::Cells`], the custom op of [`super::attn_op`], the
+//! default) or from a host-built mask ([`KvRead::Mask`], llama.cpp's non-flash path with `soft_max_ext`, kept as
+//! the reference the op is tested against). Both serve full-length and ring-buffer caches alike.
 
+use super::attn_op::{attn_cells, CellAttnParams};
 use crate::ggml::{Context, Graph, Prec, RopeParams, Tensor};
 
 /// The attention projections of one layer (no biases in SmallThinker).
@@ -36,8 +39,31 @@ pub struct AttnInputs<'a> {
     pub pos: Tensor<'a>,
     /// I64 `[n_tokens]`: the cache cell each new token's K/V goes to.
     pub kv_idxs: Tensor<'a>,
-    /// F32 `[n_kv, n_tokens]`: 0 where a query may see a cell, -inf elsewhere.
-    pub kq_mask: Tensor<'a>,
+    /// What a query may see.
+    pub read: KvRead<'a>,
+}
+
+/// How the attention learns which cells each query sees.
+#[derive(Clone, Copy)]
+pub enum KvRead<'a> {
+    /// F32 `kq_mask [n_kv, n_tokens]`: 0 where a query may see a cell, -inf elsewhere (`soft_max_ext` path).
+    Mask(Tensor<'a>),
+    /// The same mask in F16, for ggml's `flash_attn_ext`.
+    FlashMask(Tensor<'a>),
+    /// I32 `cell_pos [n_kv]`: the position each cell holds (-1: empty), and the pool's sliding window.
+    Cells { cell_pos: Tensor<'a>, n_swa: Option<u32> },
+}
+
+/// Which attention implementation a session builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AttnKernel {
+    /// The custom op over cell positions (no mask, V read in place).
+    #[default]
+    Cells,
+    /// llama.cpp's `mul_mat` + `soft_max_ext` with a mask, V transposed per layer.
+    SoftMax,
+    /// ggml's `flash_attn_ext` with an F16 mask (llama.cpp's `-fa` path; for speed comparisons).
+    Flash,
 }
 
 /// How one layer attends.
@@ -67,7 +93,6 @@ pub fn attention<'a>(
 ) -> Tensor<'a> {
     let n_tokens = cur.ne()[1];
     let (hd, n_head, n_head_kv) = (p.n_embd_head, p.n_head, p.n_head_kv);
-    let n_kv = inp.kq_mask.ne()[0];
 
     let q = ctx.reshape_3d(ctx.mul_mat(w.wq, cur), hd, n_head, n_tokens); // [hd, n_head, n_tokens]
     let k = ctx.reshape_3d(ctx.mul_mat(w.wk, cur), hd, n_head_kv, n_tokens); // [hd, n_head_kv, n_tokens]
@@ -85,26 +110,65 @@ pub fn attention<'a>(
 
     // Store the new rows, then read the cache back (the stores are earlier nodes of the graph).
     let k_rows = ctx.reshape_2d(k, hd * n_head_kv, n_tokens);
-    gf.build_forward_expand(ctx.set_rows(kv.k, k_rows, inp.kv_idxs));
-    gf.build_forward_expand(ctx.set_rows(kv.v, v, inp.kv_idxs));
-    let cell = |t: Tensor<'a>| {
-        let nb = t.nb();
-        // [hd, n_head_kv, n_kv] over the first n_kv cells, then [hd, n_kv, n_head_kv]
-        let heads = ctx.view_3d(t, [hd, n_head_kv, n_kv], nb[1] / n_head_kv as usize, nb[1], 0);
-        ctx.permute(heads, [0, 2, 1, 3])
+    let k_stored = ctx.set_rows(kv.k, k_rows, inp.kv_idxs);
+    let v_stored = ctx.set_rows(kv.v, v, inp.kv_idxs);
+    gf.build_forward_expand(k_stored);
+    gf.build_forward_expand(v_stored);
+    let kqv = match inp.read {
+        KvRead::Mask(kq_mask) => attn_masked(ctx, q, kv, kq_mask, p, il),
+        KvRead::FlashMask(kq_mask) => {
+            let n_kv = kq_mask.ne()[0];
+            let (k, v) = (cache_heads(ctx, kv.k, p, n_kv), cache_heads(ctx, kv.v, p, n_kv));
+            let q = ctx.permute(q, [0, 2, 1, 3]); // [hd, n_tokens, n_head]
+            let out = ctx.flash_attn_ext(q, k, v, Some(kq_mask), p.kq_scale, 0.0, 0.0); // [hd, n_head, n_tokens]
+            ctx.flash_attn_ext_set_prec(out, Prec::F32);
+            out
+        }
+        KvRead::Cells { cell_pos, n_swa } => {
+            let cp = CellAttnParams {
+                n_head,
+                n_head_kv,
+                n_embd_head: hd,
+                kq_scale: p.kq_scale,
+                n_swa,
+            };
+            // The stores' results (views of the cache) as sources: the op depends on them.
+            attn_cells(ctx, q, k_stored, v_stored, cell_pos, inp.pos, &cp) // [hd, n_head, n_tokens]
+        }
     };
-    let k_cache = cell(kv.k); // [hd, n_kv, n_head_kv]
-    let v_cache = ctx.cont(ctx.transpose(cell(kv.v))); // [n_kv, hd, n_head_kv]
+    let cur = ctx.reshape_2d(kqv, hd * n_head, n_tokens).format_name("kqv_out", il);
+    ctx.mul_mat(w.wo, cur).format_name("attn_out", il) // [n_embd, n_tokens]
+}
+
+/// `q [hd, n_head, n_tokens]` over the first `n_kv` cells with a mask -> `[hd, n_head, n_tokens]`.
+fn attn_masked<'a>(
+    ctx: &'a Context,
+    q: Tensor<'a>,
+    kv: KvLayer<'a>,
+    kq_mask: Tensor<'a>,
+    p: &AttnParams,
+    il: i32,
+) -> Tensor<'a> {
+    let n_kv = kq_mask.ne()[0];
+    let k_cache = cache_heads(ctx, kv.k, p, n_kv); // [hd, n_kv, n_head_kv]
+    let v_cache = ctx.cont(ctx.transpose(cache_heads(ctx, kv.v, p, n_kv))); // [n_kv, hd, n_head_kv]
 
     let q = ctx.permute(q, [0, 2, 1, 3]); // [hd, n_tokens, n_head]
                                           // GQA: mul_mat broadcasts KV head h / (n_head / n_head_kv) over the query heads.
     let kq = ctx.mul_mat(k_cache, q).format_name("kq", il); // [n_kv, n_tokens, n_head]
     ctx.mul_mat_set_prec(kq, Prec::F32);
     let kq = ctx
-        .soft_max_ext(kq, Some(inp.kq_mask), p.kq_scale, 0.0)
+        .soft_max_ext(kq, Some(kq_mask), p.kq_scale, 0.0)
         .format_name("kq_soft_max", il);
     let kqv = ctx.mul_mat(v_cache, kq); // [hd, n_tokens, n_head]
-    let cur = ctx.cont(ctx.permute(kqv, [0, 2, 1, 3])); // [hd, n_head, n_tokens]
-    let cur = ctx.reshape_2d(cur, hd * n_head, n_tokens).format_name("kqv_out", il);
-    ctx.mul_mat(w.wo, cur).format_name("attn_out", il) // [n_embd, n_tokens]
+    ctx.cont(ctx.permute(kqv, [0, 2, 1, 3])) // [hd, n_head, n_tokens]
+}
+
+/// The first `n_kv` cells of a cache tensor as `[hd, n_kv, n_head_kv]` (a view).
+fn cache_heads<'a>(ctx: &'a Context, t: Tensor<'a>, p: &AttnParams, n_kv: i64) -> Tensor<'a> {
+    let (hd, n_head_kv) = (p.n_embd_head, p.n_head_kv);
+    let nb = t.nb();
+    // [hd, n_head_kv, n_kv], then [hd, n_kv, n_head_kv]
+    let heads = ctx.view_3d(t, [hd, n_head_kv, n_kv], nb[1] / n_head_kv as usize, nb[1], 0);
+    ctx.permute(heads, [0, 2, 1, 3])
 }

@@ -6,11 +6,13 @@
 //! Shapes in comments are in ggml order (innermost first), the reverse of PyTorch's.
 
 pub mod attention;
+pub mod attn_op;
 pub mod moe;
 mod sparse_kernel;
 pub mod sparse_moe;
 
-pub use attention::{attention, AttnInputs, AttnParams, AttnWeights, KvLayer};
+pub use attention::{attention, AttnInputs, AttnKernel, AttnParams, AttnWeights, KvLayer, KvRead};
+pub use attn_op::{attn_cells, CellAttnParams};
 pub use moe::{moe_ffn, MoeWeights};
 pub use sparse_moe::{DownType, MoeStats, RouteEvent, RouteHook, SparseMoe, SparseMoeError};
 

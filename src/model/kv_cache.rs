@@ -3,8 +3,8 @@
 //! A SWA layer never looks further back than `n_swa - 1` positions, so its cells can be reused: position `p`
 //! lives in cell `p % size_swa`. While a batch of up to `n_batch` tokens is written, its first query still needs
 //! the `n_swa - 1` positions before it, so the ring holds `n_swa + n_batch` cells (llama.cpp's iSWA cache sizes
-//! it the same way). Each cell remembers the position it holds, and the mask is built from those positions, so
-//! it stays right after the ring wraps around.
+//! it the same way). Each cell remembers the position it holds, and the attention (or its mask) decides what a
+//! query sees from those positions, so it stays right after the ring wraps around.
 
 use super::Hparams;
 use crate::ggml::{Context, ContextParams, GgmlError, Tensor};
@@ -102,7 +102,7 @@ impl Cells {
         }
     }
 
-    /// Places positions `n_past..n_past + n_tokens`; returns their cells and the mask over the used cells.
+    /// Places positions `n_past..n_past + n_tokens`; returns their cells and the positions of the used cells.
     fn place(&mut self, n_past: u32, n_tokens: u32) -> BatchCells {
         let size = self.pos.len() as i64;
         let positions = (i64::from(n_past)..i64::from(n_past + n_tokens)).collect::<Vec<_>>();
@@ -111,21 +111,13 @@ impl Cells {
             self.pos[c as usize] = p;
         }
         self.used = self.used.max(idxs.iter().map(|&c| c as usize + 1).max().unwrap_or(0));
-        let n_kv = self.used;
-        let mut mask = vec![f32::NEG_INFINITY; n_kv * positions.len()];
-        for (row, &p_q) in mask.chunks_exact_mut(n_kv).zip(&positions) {
-            for (m, &p_k) in row.iter_mut().zip(&self.pos) {
-                // A key at p_k is masked for a query at p_q when p_q - p_k >= n_swa (llama-hparams.h).
-                let visible = p_k >= 0 && p_k <= p_q && self.n_swa.is_none_or(|w| p_q - p_k < w);
-                if visible {
-                    *m = 0.0;
-                }
-            }
-        }
         BatchCells {
             idxs,
-            n_kv: n_kv as i64,
-            mask,
+            n_kv: self.used as i64,
+            // Positions stay below n_ctx (a u32 the session bounds by what fits i32 tensors).
+            cell_pos: self.pos[..self.used].iter().map(|&p| p as i32).collect(),
+            q_pos: positions,
+            n_swa: self.n_swa.map(|w| w as u32),
         }
     }
 }
@@ -137,8 +129,28 @@ pub struct BatchCells {
     pub idxs: Vec<i64>,
     /// Cells the attention reads (the mask's row length).
     pub n_kv: i64,
-    /// `[n_kv, n_tokens]` row-major: 0 visible, -inf masked.
-    pub mask: Vec<f32>,
+    /// Position held by each of the `n_kv` cells read (-1: empty), after this batch is stored.
+    pub cell_pos: Vec<i32>,
+    /// Position of each new token.
+    pub q_pos: Vec<i64>,
+    /// The pool's sliding window (None: full attention).
+    pub n_swa: Option<u32>,
+}
+
+impl BatchCells {
+    /// `[n_kv, n_tokens]` row-major: 0 visible, -inf masked (for the `soft_max_ext` path only).
+    pub fn mask(&self) -> Vec<f32> {
+        let n_kv = self.n_kv as usize;
+        let mut mask = vec![f32::NEG_INFINITY; n_kv * self.q_pos.len()];
+        for (row, &p_q) in mask.chunks_exact_mut(n_kv.max(1)).zip(&self.q_pos) {
+            for (m, &p_k) in row.iter_mut().zip(&self.cell_pos) {
+                if crate::graph::attn_op::visible(i64::from(p_k), p_q, self.n_swa) {
+                    *m = 0.0;
+                }
+            }
+        }
+        mask
+    }
 }
 
 /// Cell placement for one batch: the full-attention layers' and the SWA layers'.
@@ -248,8 +260,10 @@ mod tests {
         let b = c.place(6, 2); // positions 6, 7 go to cells 0, 1 (they held 0, 1)
         assert_eq!(b.idxs, [0, 1]);
         assert_eq!(b.n_kv, 6);
+        assert_eq!(b.cell_pos, [6, 7, 2, 3, 4, 5]);
         // cells hold positions [6, 7, 2, 3, 4, 5]
-        let m = |row: usize| -> Vec<bool> { b.mask[row * 6..][..6].iter().map(|v| *v == 0.0).collect() };
+        let mask = b.mask();
+        let m = |row: usize| -> Vec<bool> { mask[row * 6..][..6].iter().map(|v| *v == 0.0).collect() };
         assert_eq!(m(0), [true, false, false, true, true, true]); // query 6 sees 3..=6
         assert_eq!(m(1), [true, true, false, false, true, true]); // query 7 sees 4..=7
     }
@@ -259,11 +273,11 @@ mod tests {
         let mut c = Cells::new(8, None);
         let b = c.place(0, 3);
         assert_eq!(b.n_kv, 3);
-        let vis: Vec<bool> = b.mask.iter().map(|v| *v == 0.0).collect();
+        let vis: Vec<bool> = b.mask().iter().map(|v| *v == 0.0).collect();
         assert_eq!(vis, [true, false, false, true, true, false, true, true, true]);
         let b = c.place(3, 1);
         assert_eq!((b.idxs.as_slice(), b.n_kv), ([3i64].as_slice(), 4));
-        assert!(b.mask.iter().all(|v| *v == 0.0));
+        assert!(b.mask().iter().all(|v| *v == 0.0));
     }
 
     fn hp(n_layer: u32, n_embd_head: u32, n_head_kv: u32) -> Hparams {

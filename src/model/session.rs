@@ -20,10 +20,10 @@
 //! ```
 
 use super::smallthinker::{build, graph_size, GraphInputs};
-use super::{KvCache, Model};
+use super::{BatchCells, KvCache, Model};
 use crate::ggml::{Context, ContextParams, CpuBackend, GgmlError, Tensor};
 use crate::gguf::GgmlType;
-use crate::graph::{AttnInputs, DownType, MoeStats, RouteHook, SparseMoe};
+use crate::graph::{AttnInputs, AttnKernel, DownType, KvRead, MoeStats, RouteHook, SparseMoe};
 
 /// Which logits an evaluation returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +95,7 @@ pub struct Session<'a> {
     sparse: Option<SparseMoe>,
     sparse_max_batch: u32,
     moe_path: String,
+    attn: AttnKernel,
 }
 
 impl<'a> Session<'a> {
@@ -133,6 +134,7 @@ impl<'a> Session<'a> {
             sparse,
             sparse_max_batch: params.sparse_max_batch,
             moe_path,
+            attn: AttnKernel::default(),
         })
     }
 
@@ -172,6 +174,11 @@ impl<'a> Session<'a> {
 
     pub fn kv(&self) -> &KvCache<'a> {
         &self.kv
+    }
+
+    /// Chooses the attention implementation of later evaluations (the default is [`AttnKernel::Cells`]).
+    pub fn set_attn_kernel(&mut self, kernel: AttnKernel) {
+        self.attn = kernel;
     }
 
     /// Starts a new sequence.
@@ -245,16 +252,25 @@ impl<'a> Session<'a> {
             |name: &str, ty: GgmlType, ne: &[i64]| -> Tensor<'_> { ctx.new_tensor(ty, ne).set_name(name).set_input() };
         let n = i64::from(n_tokens);
         let pos = input("inp_pos", GgmlType::I32, &[n]);
-        let attn_inputs = |kind: &str, n_kv: i64| AttnInputs {
+        let attn_inputs = |kind: &str, cells: &BatchCells| AttnInputs {
             pos,
             kv_idxs: input(&format!("kv_idxs_{kind}"), GgmlType::I64, &[n]),
-            kq_mask: input(&format!("kq_mask_{kind}"), GgmlType::F32, &[n_kv, n]),
+            read: match self.attn {
+                AttnKernel::SoftMax => KvRead::Mask(input(&format!("kq_mask_{kind}"), GgmlType::F32, &[cells.n_kv, n])),
+                AttnKernel::Flash => {
+                    KvRead::FlashMask(input(&format!("kq_mask_{kind}"), GgmlType::F16, &[cells.n_kv, n]))
+                }
+                AttnKernel::Cells => KvRead::Cells {
+                    cell_pos: input(&format!("cell_pos_{kind}"), GgmlType::I32, &[cells.n_kv]),
+                    n_swa: cells.n_swa,
+                },
+            },
         };
         let inputs = GraphInputs {
             tokens: input("inp_tokens", GgmlType::I32, &[n]),
             out_ids: input("inp_out_ids", GgmlType::I32, &[out_rows.len() as i64]),
-            full: attn_inputs("full", plan.full.n_kv),
-            swa: plan.swa.as_ref().map(|s| attn_inputs("swa", s.n_kv)),
+            full: attn_inputs("full", &plan.full),
+            swa: plan.swa.as_ref().map(|s| attn_inputs("swa", s)),
         };
         let mut gf = ctx.new_graph(n_nodes);
         let sparse = self.sparse.as_ref().filter(|_| n_tokens <= self.sparse_max_batch);
@@ -275,7 +291,11 @@ impl<'a> Session<'a> {
         for (inp, cells) in [(Some(inputs.full), Some(&plan.full)), (inputs.swa, plan.swa.as_ref())] {
             if let (Some(inp), Some(cells)) = (inp, cells) {
                 inp.kv_idxs.set_i64(&cells.idxs)?;
-                inp.kq_mask.set_f32(&cells.mask)?;
+                match inp.read {
+                    KvRead::Mask(m) => m.set_f32(&cells.mask())?,
+                    KvRead::FlashMask(m) => m.set_f32_as_f16(&cells.mask())?,
+                    KvRead::Cells { cell_pos, .. } => cell_pos.set_i32(&cells.cell_pos)?,
+                }
             }
         }
         gf.compute_with_backend(&self.backend)?;
