@@ -49,14 +49,20 @@ fn json_line_has_every_field() {
     assert_eq!(v["depth"], 7);
     // Decode steps take the sparse expert op by default, which counts the neurons it computed.
     assert_eq!(v["path"], "sparse");
-    let frac = v["active_neuron_frac"].as_f64().unwrap_or_else(|| panic!("no active_neuron_frac in {v}"));
+    let frac = v["active_neuron_frac"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no active_neuron_frac in {v}"));
     assert!(frac > 0.0 && frac < 1.0, "active_neuron_frac = {frac}");
 }
 
 #[test]
 fn dense_switch_reports_the_dense_path() {
     let out = bench(&["--prompt", "4", "--gen", "3", "--dense", "--json"]);
-    assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bench --json prints JSON");
     assert_eq!(v["path"], "dense");
     assert!(v["active_neuron_frac"].is_null(), "dense run counted neurons: {v}");

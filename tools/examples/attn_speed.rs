@@ -37,7 +37,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ty: KvType::F16,
             },
         )?;
-        let mut s = Session::new(&model, kv, SessionParams { n_threads: threads, ..Default::default() })?;
+        let mut s = Session::new(
+            &model,
+            kv,
+            SessionParams {
+                n_threads: threads,
+                ..Default::default()
+            },
+        )?;
         s.set_attn_kernel(kernel);
         let prompt: Vec<u32> = (0..depth).map(|i| (1000 + i) % n_vocab).collect();
         let t0 = Instant::now();

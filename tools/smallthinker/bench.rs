@@ -135,7 +135,11 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     // Counted by the sparse expert op; None when every step ran dense (no neuron was skipped or counted).
     let stats = session.moe_stats();
     let active_neuron_frac = (stats.total_neurons > 0).then(|| stats.active_frac());
-    let path = if session.moe_path().starts_with("sparse") { "sparse" } else { "dense" };
+    let path = if session.moe_path().starts_with("sparse") {
+        "sparse"
+    } else {
+        "dense"
+    };
 
     if a.json {
         let line = json!({

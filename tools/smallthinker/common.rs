@@ -126,7 +126,7 @@ impl SamplingArgs {
 /// The model `run` and `chat` use without -m: the tiny SmallThinker trained by tools/train_tiny, shipped in models/.
 pub const DEFAULT_MODEL: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/models/smallthinker-tiny/smallthinker-tiny-q8_0.gguf"
+    "/models/smallthinker-tiny/smallthinker-tiny-f32.gguf"
 );
 
 /// Opens a model to run, with its pages mapped in up front (`GgufFile::prefault`), as llama.cpp does.
