@@ -131,18 +131,9 @@ async fn detokenize(
     Ok(Json(json!({ "content": text })))
 }
 
-/// Tokenizes `text` as a prompt: special-token text becomes those tokens, BOS added when the vocabulary asks
-/// for it unless the text (a rendered template) already starts with it (as `smallthinker run`).
+/// Tokenizes `text` as a prompt, as `smallthinker run` does ([`Tokenizer::encode_prompt`]).
 fn tokenize_prompt(tok: &Tokenizer, text: &str) -> Result<Vec<u32>, ApiError> {
-    let has_bos = tok
-        .bos()
-        .and_then(|b| tok.token_text(b))
-        .is_some_and(|b| text.starts_with(b));
-    let opts = EncodeOptions {
-        add_special: !has_bos,
-        parse_special: true,
-    };
-    tok.encode_with(text, opts)
+    tok.encode_prompt(text)
         .map_err(|e| ApiError::invalid(e.to_string()).param("prompt"))
 }
 

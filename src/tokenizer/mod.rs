@@ -203,6 +203,20 @@ impl Tokenizer {
         )
     }
 
+    /// Tokenizes `text` as a prompt (of `run`, `chat` and the server): special-token text becomes those tokens, and
+    /// BOS is added when the vocabulary asks for it, unless the text (a rendered template) already starts with it.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let has_bos = self
+            .bos()
+            .and_then(|b| self.token_text(b))
+            .is_some_and(|b| text.starts_with(b));
+        let opts = EncodeOptions {
+            add_special: !has_bos,
+            parse_special: true,
+        };
+        self.encode_with(text, opts)
+    }
+
     /// Tokenizes `text` like `llama_tokenize(vocab, text, add_special, parse_special)`.
     pub fn encode_with(&self, text: &str, opts: EncodeOptions) -> Result<Vec<u32>, TokenizerError> {
         let mut out = Vec::new();

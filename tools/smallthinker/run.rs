@@ -11,7 +11,7 @@ use smallthinker::chat::{ChatTemplate, Message};
 use smallthinker::gguf::GgufFile;
 use smallthinker::model::{KvCache, Model, Rows, Session};
 use smallthinker::sampling::{Generation, Sampler, StopCriteria};
-use smallthinker::tokenizer::{EncodeOptions, Tokenizer, VocabSpec};
+use smallthinker::tokenizer::{Tokenizer, VocabSpec};
 
 use crate::common::{self, SamplingArgs, SessionArgs};
 
@@ -45,18 +45,9 @@ pub struct RunArgs {
     session: SessionArgs,
 }
 
-/// Tokenizes `text` as a prompt: special-token text becomes those tokens, and BOS is added when the vocabulary
-/// asks for it, unless the text (a rendered template) already starts with it.
+/// Tokenizes `text` as a prompt ([`Tokenizer::encode_prompt`]).
 pub fn tokenize_prompt(tok: &Tokenizer, text: &str) -> anyhow::Result<Vec<u32>> {
-    let has_bos = tok
-        .bos()
-        .and_then(|b| tok.token_text(b))
-        .is_some_and(|b| text.starts_with(b));
-    let opts = EncodeOptions {
-        add_special: !has_bos,
-        parse_special: true,
-    };
-    Ok(tok.encode_with(text, opts)?)
+    Ok(tok.encode_prompt(text)?)
 }
 
 /// What a generation did.
