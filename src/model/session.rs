@@ -19,6 +19,8 @@
 //! # Ok(()) }
 //! ```
 
+use std::sync::Arc;
+
 use super::smallthinker::{build, graph_size, GraphInputs};
 use super::{BatchCells, KvCache, Model};
 use crate::ggml::{Context, ContextParams, CpuBackend, GgmlError, Tensor};
@@ -85,72 +87,113 @@ impl Default for SessionParams {
     }
 }
 
+/// The MoE path of a session: the sparse-path state (None: dense) and how it was chosen. Built once per model
+/// and cloned into every session that shares it (the server's slots), so that the transposed down copies and
+/// the expert cache exist once.
+#[derive(Clone)]
+pub struct MoeSetup {
+    sparse: Option<Arc<SparseMoe>>,
+    sparse_max_batch: u32,
+    description: String,
+}
+
+impl MoeSetup {
+    /// The path `params` ask for: dense with `dense`, else sparse when the model's types allow it (else dense,
+    /// and the description says why).
+    pub fn new(model: &Model<'_>, params: &SessionParams) -> MoeSetup {
+        let n = params.sparse_max_batch;
+        let dense = |description| MoeSetup {
+            sparse: None,
+            sparse_max_batch: n,
+            description,
+        };
+        if params.dense {
+            return dense("dense (--dense)".to_string());
+        }
+        let hp = &model.hp;
+        let experts: Vec<_> = model.layers.iter().map(|l| l.experts).collect();
+        match SparseMoe::new(
+            &experts,
+            &hp.moe(),
+            hp.n_embd as usize,
+            params.down_type,
+            params.n_threads,
+        ) {
+            Ok(s) => {
+                let mib = s.down_bytes() as f64 / (1024.0 * 1024.0);
+                let description = format!(
+                    "sparse (down transposed to {}, {mib:.0} MiB; batches of up to {n} tokens, larger ones dense)",
+                    s.down_type()
+                );
+                MoeSetup {
+                    sparse: Some(Arc::new(s)),
+                    sparse_max_batch: n,
+                    description,
+                }
+            }
+            Err(e) => dense(format!("dense (sparse path unavailable: {e})")),
+        }
+    }
+
+    /// For the start-up log: "sparse (down transposed to Q8_0, N MiB ...)" or "dense (...)".
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    pub fn sparse(&self) -> Option<&Arc<SparseMoe>> {
+        self.sparse.as_ref()
+    }
+}
+
 /// A model, its KV cache and the position reached.
 pub struct Session<'a> {
     model: &'a Model<'a>,
     kv: KvCache<'a>,
     backend: CpuBackend,
     n_past: u32,
-    /// None: the dense path (asked for, or the model cannot take the sparse one: `moe_path` says why).
-    sparse: Option<SparseMoe>,
-    sparse_max_batch: u32,
-    moe_path: String,
+    moe: MoeSetup,
     attn: AttnKernel,
 }
 
 impl<'a> Session<'a> {
+    /// A session with its own MoE path, built from `params` ([`MoeSetup::new`]).
     pub fn new(model: &'a Model<'a>, kv: KvCache<'a>, params: SessionParams) -> Result<Session<'a>, GgmlError> {
+        Session::with_moe(model, kv, params, MoeSetup::new(model, &params))
+    }
+
+    /// A session on a MoE path shared with other sessions of the same model (`params.dense`, `down_type` and
+    /// `sparse_max_batch` are then the setup's, not `params`').
+    pub fn with_moe(
+        model: &'a Model<'a>,
+        kv: KvCache<'a>,
+        params: SessionParams,
+        moe: MoeSetup,
+    ) -> Result<Session<'a>, GgmlError> {
         let backend = CpuBackend::new()?;
         backend.set_n_threads(params.n_threads);
-        let (sparse, moe_path) = if params.dense {
-            (None, "dense (--dense)".to_string())
-        } else {
-            let hp = &model.hp;
-            let experts: Vec<_> = model.layers.iter().map(|l| l.experts).collect();
-            match SparseMoe::new(
-                &experts,
-                &hp.moe(),
-                hp.n_embd as usize,
-                params.down_type,
-                params.n_threads,
-            ) {
-                Ok(s) => {
-                    let mib = s.down_bytes() as f64 / (1024.0 * 1024.0);
-                    let n = params.sparse_max_batch;
-                    let path = format!(
-                        "sparse (down transposed to {}, {mib:.0} MiB; batches of up to {n} tokens, larger ones dense)",
-                        s.down_type()
-                    );
-                    (Some(s), path)
-                }
-                Err(e) => (None, format!("dense (sparse path unavailable: {e})")),
-            }
-        };
         Ok(Session {
             model,
             kv,
             backend,
             n_past: 0,
-            sparse,
-            sparse_max_batch: params.sparse_max_batch,
-            moe_path,
+            moe,
             attn: AttnKernel::default(),
         })
     }
 
     /// Which MoE path runs, for the start-up log: "sparse (down transposed to Q8_0, N MiB)" or "dense (...)".
     pub fn moe_path(&self) -> &str {
-        &self.moe_path
+        self.moe.description()
     }
 
     /// Neuron counters of the sparse path since the last [`reset_moe_stats`](Self::reset_moe_stats) (zero on
     /// the dense path).
     pub fn moe_stats(&self) -> MoeStats {
-        self.sparse.as_ref().map(SparseMoe::stats).unwrap_or_default()
+        self.moe.sparse().map(|s| s.stats()).unwrap_or_default()
     }
 
     pub fn reset_moe_stats(&self) {
-        if let Some(s) = &self.sparse {
+        if let Some(s) = self.moe.sparse() {
             s.reset_stats();
         }
     }
@@ -158,7 +201,7 @@ impl<'a> Session<'a> {
     /// Installs the hook the sparse path's router calls with each layer's expert ids before that layer's
     /// attention (see [`RouteHook`]). Returns false (and drops it) on the dense path, which has no router op.
     pub fn set_route_hook(&self, hook: Option<RouteHook>) -> bool {
-        match &self.sparse {
+        match self.moe.sparse() {
             Some(s) => {
                 s.set_route_hook(hook);
                 true
@@ -273,7 +316,11 @@ impl<'a> Session<'a> {
             swa: plan.swa.as_ref().map(|s| attn_inputs("swa", s)),
         };
         let mut gf = ctx.new_graph(n_nodes);
-        let sparse = self.sparse.as_ref().filter(|_| n_tokens <= self.sparse_max_batch);
+        let sparse = self
+            .moe
+            .sparse()
+            .map(|s| &**s)
+            .filter(|_| n_tokens <= self.moe.sparse_max_batch);
         let logits = build(&ctx, &mut gf, self.model, &self.kv, &inputs, sparse).set_output();
         gf.build_forward_expand(logits);
         let keep: Vec<Tensor<'_>> = trace

@@ -16,7 +16,7 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::gguf::GgufFile;
-use crate::model::{KvCache, KvParams, KvType, Model, Rows, Session, SessionParams};
+use crate::model::{KvCache, KvParams, KvType, Model, MoeSetup, Rows, Session, SessionParams};
 use crate::sampling::{Generation, Sampler, StopCriteria, StopReason};
 use crate::tokenizer::{Tokenizer, VocabSpec};
 
@@ -213,21 +213,17 @@ fn scheduler(
             Err(e) => return drop(ready.send(Err(e.to_string()))),
         }
     }
+    let session_params = SessionParams {
+        n_threads: p.n_threads,
+        ..Default::default()
+    };
+    // One sparse-path state (transposed down copies) for all slots, not one per slot.
+    let moe = MoeSetup::new(&model, &session_params);
     let mut slots = Vec::new();
     for kctx in &kctxs {
         let session = KvCache::new(kctx, &model.hp, kv_params)
             .map_err(|e| e.to_string())
-            .and_then(|kv| {
-                Session::new(
-                    &model,
-                    kv,
-                    SessionParams {
-                        n_threads: p.n_threads,
-                        ..Default::default()
-                    },
-                )
-                .map_err(|e| e.to_string())
-            });
+            .and_then(|kv| Session::with_moe(&model, kv, session_params, moe.clone()).map_err(|e| e.to_string()));
         match session {
             Ok(session) => slots.push(Slot {
                 session,
