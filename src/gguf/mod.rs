@@ -64,6 +64,29 @@ pub struct GgufFile {
     path: PathBuf,
     header: Header,
     mmap: Mmap,
+    identity: FileIdentity,
+}
+
+/// What identifies the file's contents as opened: device, inode, size and modification time. A later open of
+/// the same path with a different identity means the file was replaced or rewritten in the meantime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileIdentity {
+    pub dev: u64,
+    pub ino: u64,
+    pub len: u64,
+    pub mtime_ns: i128,
+}
+
+impl FileIdentity {
+    pub fn of(meta: &std::fs::Metadata) -> FileIdentity {
+        use std::os::unix::fs::MetadataExt;
+        FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        }
+    }
 }
 
 impl GgufFile {
@@ -74,13 +97,46 @@ impl GgufFile {
             source,
         };
         let file = File::open(path).map_err(io)?;
+        let identity = FileIdentity::of(&file.metadata().map_err(io)?);
         let mmap = map_readonly(&file).map_err(io)?;
         let header = parse(&mmap)?;
         Ok(GgufFile {
             path: path.to_path_buf(),
             header,
             mmap,
+            identity,
         })
+    }
+
+    /// The file's identity when it was opened (see [`FileIdentity`]).
+    pub fn identity(&self) -> FileIdentity {
+        self.identity
+    }
+
+    /// Prefaults only the pages of these tensors (rounded out to whole pages), and turns off readahead for the
+    /// rest of the map: with an expert cache the expert tensors are read with O_DIRECT, and faulting them in
+    /// through the map (or its readahead) would fill the page cache behind the memory budget's back.
+    pub fn prefault_only(&self, tensors: &[&TensorInfo]) -> std::io::Result<()> {
+        use memmap2::Advice;
+        self.mmap.advise(Advice::Random)?;
+        const PAGE: usize = 4096;
+        for t in tensors {
+            let start = self.header.data_offset.saturating_add(t.offset) as usize;
+            let end = start.saturating_add(t.size as usize).min(self.mmap.len());
+            let (a, b) = (start / PAGE * PAGE, end.div_ceil(PAGE) * PAGE);
+            let b = b.min(self.mmap.len());
+            if b > a {
+                self.mmap
+                    .advise_range(Advice::PopulateRead, a, b - a)
+                    .or_else(|_| self.mmap.advise_range(Advice::WillNeed, a, b - a))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Absolute file offset of a tensor's data.
+    pub fn tensor_file_offset(&self, t: &TensorInfo) -> u64 {
+        self.header.data_offset.saturating_add(t.offset)
     }
 
     /// Maps every page of the tensor data into the process now (MADV_POPULATE_READ, falling back to

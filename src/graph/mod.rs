@@ -7,14 +7,19 @@
 
 pub mod attention;
 pub mod attn_op;
+pub mod expert_cache;
+pub mod expert_io;
 pub mod moe;
 mod sparse_kernel;
 pub mod sparse_moe;
+mod sparse_native;
 
 pub use attention::{attention, AttnInputs, AttnKernel, AttnParams, AttnWeights, KvLayer, KvRead};
 pub use attn_op::{attn_cells, CellAttnParams};
+pub use expert_cache::{CacheParams, CachePolicy, CacheStats, ExpertCache, ExpertExtents};
+pub use expert_io::{ExpertFile, ExpertReadError, Extent};
 pub use moe::{moe_ffn, MoeWeights};
-pub use sparse_moe::{DownType, MoeStats, RouteEvent, RouteHook, SparseMoe, SparseMoeError};
+pub use sparse_moe::{DownType, MoeStats, RouteEvent, RouteHook, SparseMoe, SparseMoeError, SparseParams, N_PARTS};
 
 use crate::ggml::{Context, Tensor};
 

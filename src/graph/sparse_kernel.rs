@@ -28,6 +28,9 @@ pub(super) fn router_op(l: &LayerState, op: &CustomOpCtx) {
         }
     }
     debug_assert_eq!(ids.len(), n_tokens * k);
+    if let Some(cache) = &l.shared.cache {
+        cache.route(l.il, &ids);
+    }
     if let Some(hook) = l.shared.hook.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
         hook(&RouteEvent {
             layer: l.il,

@@ -11,8 +11,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use super::expert_cache::ExpertCache;
 use super::moe::MoeWeights;
 use super::sparse_kernel::{expert_op, reduce_op, router_op};
+use super::sparse_native::{native_expert_op, weighted_sum_op, NativeDown};
 use crate::ggml::rows::{AlignedBytes, RowDequant, RowDot, RowQuant};
 use crate::ggml::{Context, Graph, Tensor};
 use crate::gguf::GgmlType;
@@ -76,13 +78,18 @@ pub(super) struct Shared {
     pub active: AtomicU64,
     pub total: AtomicU64,
     pub hook: RwLock<Option<RouteHook>>,
+    /// With a memory budget: the experts' slots, which the router fills and the native expert op reads.
+    pub cache: Option<Arc<ExpertCache>>,
 }
 
 /// One layer's state shared with its ops' closures.
 pub(super) struct LayerState {
     pub il: u32,
-    /// `[n_embd, n_ff_exp, n_expert]` in `down_ty`: row (j, e) is neuron j's output column of expert e.
+    /// `[n_embd, n_ff_exp, n_expert]` in `down_ty`: row (j, e) is neuron j's output column of expert e (empty
+    /// on the native layout).
     pub down_t: AlignedBytes,
+    /// Set on the native layout (no transposed copy): the down product on `ffn_down_exps` as stored.
+    pub native: Option<NativeDown>,
     pub down: RowDequant,
     pub gate: RowDot,
     pub up: RowDot,
@@ -110,6 +117,18 @@ pub enum DownType {
     Auto,
     /// Always this type (Q4_0 halves the bytes read per active neuron; requantising costs precision).
     Fixed(GgmlType),
+    /// No transposed copy: `down` as the GGUF stores it, read whole for each selected expert (the layout of the
+    /// expert cache, whose slots hold the file's bytes).
+    Native,
+}
+
+/// How [`SparseMoe::new`] builds the sparse path.
+pub struct SparseParams {
+    pub down: DownType,
+    /// Threads for building the transposed copies.
+    pub n_threads: usize,
+    /// Experts come from this cache instead of the mapped tensors (requires [`DownType::Native`]).
+    pub cache: Option<ExpertCache>,
 }
 
 impl SparseMoe {
@@ -118,13 +137,15 @@ impl SparseMoe {
         layers: &[MoeWeights<'_>],
         p: &MoeParams,
         n_embd: usize,
-        down: DownType,
-        n_threads: usize,
+        sp: SparseParams,
     ) -> Result<SparseMoe, SparseMoeError> {
+        let (down, n_threads) = (sp.down, sp.n_threads);
+        let down = if sp.cache.is_some() { DownType::Native } else { down };
         let shared = Arc::new(Shared {
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
             hook: RwLock::new(None),
+            cache: sp.cache.map(Arc::new),
         });
         let n_ff = p.n_ff_exp as usize;
         let n_expert = p.n_expert as usize;
@@ -138,9 +159,10 @@ impl SparseMoe {
                     DownType::Fixed(t) => t,
                     DownType::Auto if src_ty.is_quantized() => GgmlType::Q8_0,
                     DownType::Auto => GgmlType::F32,
+                    DownType::Native => src_ty,
                 };
                 // Fall back to F32 rows when n_embd is not whole blocks of the wanted type.
-                let ty = if RowQuant::new(want, n_embd).is_some() {
+                let ty = if down == DownType::Native || RowQuant::new(want, n_embd).is_some() {
                     want
                 } else {
                     GgmlType::F32
@@ -163,6 +185,28 @@ impl SparseMoe {
                     up.y_type(),
                     n_embd,
                 ))?;
+                if down == DownType::Native {
+                    let dot = RowDot::new(src_ty, n_ff).ok_or(unsupported("ffn_down_exps", src_ty, n_ff))?;
+                    let h_q = RowQuant::new(dot.y_type(), n_ff).ok_or(unsupported(
+                        "ffn_down_exps activations",
+                        dot.y_type(),
+                        n_ff,
+                    ))?;
+                    return Ok(Arc::new(LayerState {
+                        il,
+                        down: RowDequant::new(GgmlType::F32, n_embd).expect("F32 rows"),
+                        down_t: AlignedBytes::zeroed(0),
+                        native: Some(NativeDown { dot, h_q }),
+                        gate,
+                        up,
+                        gate_q,
+                        up_q,
+                        ids: RwLock::new(Vec::new()),
+                        p: *p,
+                        n_embd,
+                        shared: shared.clone(),
+                    }));
+                }
                 let src_deq = RowDequant::new(src_ty, n_ff).ok_or(unsupported("ffn_down_exps", src_ty, n_ff))?;
                 let bytes = w.down_exps.to_bytes().map_err(|e| SparseMoeError::Read {
                     layer: il,
@@ -173,6 +217,7 @@ impl SparseMoe {
                     il,
                     down: RowDequant::new(ty, n_embd).expect("checked above"),
                     down_t,
+                    native: None,
                     gate,
                     up,
                     gate_q,
@@ -191,9 +236,19 @@ impl SparseMoe {
         })
     }
 
-    /// The type of the transposed down copies.
+    /// The type of the transposed down copies (on the native layout: of `ffn_down_exps`).
     pub fn down_type(&self) -> GgmlType {
         self.down_ty
+    }
+
+    /// Whether `down` runs on the GGUF's layout ([`DownType::Native`]) rather than a transposed copy.
+    pub fn is_native(&self) -> bool {
+        self.layers.first().is_some_and(|l| l.native.is_some())
+    }
+
+    /// The expert cache, with a memory budget.
+    pub fn cache(&self) -> Option<&ExpertCache> {
+        self.shared.cache.as_deref()
     }
 
     /// Bytes of the transposed down copies, all layers.
@@ -252,6 +307,26 @@ impl SparseMoe {
     ) -> Tensor<'a> {
         let l = self.layers[il as usize].clone();
         let (n_embd, n_out) = (cur.ne()[0], cur.ne()[1]);
+        if l.native.is_some() {
+            let k = i64::from(l.p.n_expert_used);
+            let mut args = vec![cur, w.gate_exps, w.up_exps, w.down_exps];
+            args.extend(out_ids);
+            let cache = self.shared.cache.clone();
+            let y = ctx
+                .custom_4d("ffn_moe_down", [n_embd, k * n_out, 1, 1], &args, move |op| {
+                    let nd = l.native.as_ref().expect("native layer");
+                    native_expert_op(&l, nd, cache.as_deref(), op)
+                })
+                .format_name("ffn_moe_down", il as i32); // [n_embd, k * n_out]
+            let mut args = vec![y, weights];
+            args.extend(out_ids);
+            let k = k as usize;
+            return ctx
+                .custom_4d("ffn_moe_sum", [n_embd, n_out, 1, 1], &args, move |op| {
+                    weighted_sum_op(k, op)
+                })
+                .format_name("ffn_moe_out", il as i32); // [n_embd, n_out]
+        }
         let mut args = vec![cur, weights, w.gate_exps, w.up_exps];
         args.extend(out_ids);
         let parts = ctx

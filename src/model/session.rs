@@ -25,7 +25,9 @@ use super::smallthinker::{build, graph_size, GraphInputs};
 use super::{BatchCells, KvCache, Model};
 use crate::ggml::{Context, ContextParams, CpuBackend, GgmlError, Tensor};
 use crate::gguf::GgmlType;
-use crate::graph::{AttnInputs, AttnKernel, DownType, KvRead, MoeStats, RouteHook, SparseMoe};
+use crate::graph::{
+    AttnInputs, AttnKernel, CacheStats, DownType, ExpertReadError, KvRead, MoeStats, RouteHook, SparseMoe, SparseParams,
+};
 
 /// Which logits an evaluation returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +47,9 @@ pub enum EvalError {
     TokenOutOfRange { index: usize, token: u32, n_vocab: u32 },
     #[error("{n_tokens} tokens after {n_past} do not fit the context of {n_ctx}")]
     ContextFull { n_past: u32, n_tokens: usize, n_ctx: u32 },
+    /// An expert could not be read into the cache: this evaluation's results are discarded.
+    #[error(transparent)]
+    ExpertRead(#[from] ExpertReadError),
     #[error(transparent)]
     Ggml(#[from] GgmlError),
 }
@@ -112,19 +117,20 @@ impl MoeSetup {
         }
         let hp = &model.hp;
         let experts: Vec<_> = model.layers.iter().map(|l| l.experts).collect();
-        match SparseMoe::new(
-            &experts,
-            &hp.moe(),
-            hp.n_embd as usize,
-            params.down_type,
-            params.n_threads,
-        ) {
+        let sp = SparseParams {
+            down: params.down_type,
+            n_threads: params.n_threads,
+            cache: None,
+        };
+        match SparseMoe::new(&experts, &hp.moe(), hp.n_embd as usize, sp) {
             Ok(s) => {
                 let mib = s.down_bytes() as f64 / (1024.0 * 1024.0);
-                let description = format!(
-                    "sparse (down transposed to {}, {mib:.0} MiB; batches of up to {n} tokens, larger ones dense)",
-                    s.down_type()
-                );
+                let layout = if s.is_native() {
+                    format!("down on the GGUF layout ({})", s.down_type())
+                } else {
+                    format!("down transposed to {}, {mib:.0} MiB", s.down_type())
+                };
+                let description = format!("sparse ({layout}; batches of up to {n} tokens, larger ones dense)");
                 MoeSetup {
                     sparse: Some(Arc::new(s)),
                     sparse_max_batch: n,
@@ -132,6 +138,14 @@ impl MoeSetup {
                 }
             }
             Err(e) => dense(format!("dense (sparse path unavailable: {e})")),
+        }
+    }
+
+    pub(super) fn from_parts(sparse: Option<Arc<SparseMoe>>, sparse_max_batch: u32, description: String) -> MoeSetup {
+        MoeSetup {
+            sparse,
+            sparse_max_batch,
+            description,
         }
     }
 
@@ -190,6 +204,11 @@ impl<'a> Session<'a> {
     /// the dense path).
     pub fn moe_stats(&self) -> MoeStats {
         self.moe.sparse().map(|s| s.stats()).unwrap_or_default()
+    }
+
+    /// The expert cache's counters, with a memory budget.
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.moe.sparse().and_then(|s| s.cache()).map(|c| c.stats())
     }
 
     pub fn reset_moe_stats(&self) {
@@ -346,6 +365,10 @@ impl<'a> Session<'a> {
             }
         }
         gf.compute_with_backend(&self.backend)?;
+        if let Some(e) = self.moe.sparse().and_then(|s| s.cache()).and_then(|c| c.take_error()) {
+            // Some expert rows were zeros: the cache now holds positions computed from them.
+            return Err(e.into());
+        }
         self.n_past += n_tokens;
         for t in keep {
             let t = if t.is_contiguous() { t } else { continue };

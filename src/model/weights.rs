@@ -46,6 +46,8 @@ pub struct Model<'w> {
     pub output: Tensor<'w>,
     pub tied: bool,
     pub layers: Vec<LayerWeights<'w>>,
+    /// The file the weights point into (the expert cache reads from it).
+    pub file: &'w GgufFile,
 }
 
 impl<'w> Model<'w> {
@@ -111,6 +113,7 @@ impl<'w> Model<'w> {
             tied: output.is_none(),
             layers,
             hp,
+            file,
         })
     }
 }

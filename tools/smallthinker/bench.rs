@@ -93,7 +93,7 @@ fn check_flags(a: &BenchArgs) -> anyhow::Result<()> {
 
 pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     check_flags(a)?;
-    let file = common::open(&a.model)?;
+    let file = common::open(&a.model, &a.session)?;
     let wctx = Model::context(&file)?;
     let model = Model::load(&wctx, &file)?;
     let hp = &model.hp;
@@ -125,10 +125,13 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     session.eval(&ids(PROMPT_BASE, a.prompt, n_vocab), Rows::Last)?;
     let t1 = Instant::now();
+    let c1 = session.cache_stats();
     for &t in &ids(GEN_BASE, a.gen, n_vocab) {
         session.eval(&[t], Rows::Last)?;
     }
     let t2 = Instant::now();
+    // Decode steps only: the prompt loads whole layers.
+    let cache = session.cache_stats().zip(c1).map(|(b, a)| b.minus(&a));
     let prefill_tps = f64::from(a.prompt) / (t1 - t0).as_secs_f64();
     let decode_tps = f64::from(a.gen) / (t2 - t1).as_secs_f64();
     let rss = peak_rss_mb()?;
@@ -153,6 +156,12 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             "gen": a.gen,
             "depth": a.depth,
             "path": path,
+            "mem_budget_mb": a.session.mem_budget.map(|b| b / (1 << 20)),
+            "cache_hit_rate": cache.map(|c| c.hit_rate()),
+            "cache_read_mb_per_token": cache.map(|c| c.bytes_read as f64 / (1 << 20) as f64 / f64::from(a.gen.max(1))),
+            "io_wait_ms_per_token": cache.map(|c| c.wait_ns as f64 / 1e6 / f64::from(a.gen.max(1))),
+            "prefetch_coverage": cache.map(|c| c.prefetch_coverage()),
+            "prefetch_hidden": cache.map(|c| c.hidden_rate()),
         });
         println!("{line}");
     } else {
@@ -174,6 +183,18 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         match active_neuron_frac {
             Some(f) => println!("active expert neurons {:.3}", f),
             None => println!("active expert neurons n/a (no step took the sparse path)"),
+        }
+        if let Some(c) = cache {
+            let n = f64::from(a.gen.max(1));
+            println!(
+                "cache (decode) hit rate {:.3}, read {:.1} MiB/token, I/O wait {:.1} ms/token, prefetched {:.3}, \
+                 arrived in time {:.3}",
+                c.hit_rate(),
+                c.bytes_read as f64 / (1 << 20) as f64 / n,
+                c.wait_ns as f64 / 1e6 / n,
+                c.prefetch_coverage(),
+                c.hidden_rate()
+            );
         }
     }
     Ok(())

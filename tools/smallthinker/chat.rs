@@ -48,7 +48,7 @@ fn install_ctrlc(generating: Arc<AtomicBool>, interrupt: Arc<AtomicBool>) -> any
 }
 
 pub fn run(args: &ChatArgs) -> anyhow::Result<()> {
-    let file = common::open(&args.model)?;
+    let file = common::open(&args.model, &args.session)?;
     let wctx = Model::context(&file)?;
     let model = Model::load(&wctx, &file)?;
     let (spec, tok) = load_tokenizer(&file)?;
@@ -117,6 +117,7 @@ pub fn run(args: &ChatArgs) -> anyhow::Result<()> {
             criteria,
             logits,
             Some(&interrupt),
+            args.session.stats,
             &mut stdout,
         );
         generating.store(false, Ordering::SeqCst);

@@ -3,8 +3,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context as _};
 use smallthinker::gguf::{GgmlType, GgufFile};
-use smallthinker::graph::DownType;
-use smallthinker::model::{KvCache, KvParams, KvType, Model, Session, SessionParams};
+use smallthinker::graph::{CachePolicy, DownType};
+use smallthinker::model::{BudgetParams, KvCache, KvParams, KvType, Model, MoeSetup, Session, SessionParams};
 use smallthinker::sampling::SamplerParams;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -65,6 +65,49 @@ pub struct SessionArgs {
     /// Type of the sparse path's neuron-major down copy (auto: Q8_0 for quantized models, F32 for float ones).
     #[arg(long, value_enum, default_value = "auto")]
     pub moe_down: MoeDownArg,
+    /// Cap on the memory the process holds (e.g. 1G, 800M; binary units): expert weights are then read from the
+    /// GGUF into a cache of that size minus the dense weights, KV cache and buffers, instead of mapped.
+    #[arg(long, value_parser = parse_size)]
+    pub mem_budget: Option<u64>,
+    /// Which cached expert gives way with --mem-budget: lru, or freq (least often selected).
+    #[arg(long, default_value = "lru", requires = "mem_budget")]
+    pub cache_policy: CachePolicy,
+    /// Concurrent expert reads with --mem-budget.
+    #[arg(long, default_value_t = 4, requires = "mem_budget")]
+    pub io_threads: usize,
+    /// Per token: the expert cache's hit rate, bytes read, I/O wait and prefetch coverage (with --mem-budget),
+    /// and the share of active expert neurons.
+    #[arg(long)]
+    pub stats: bool,
+    /// Logit rows a batch returns at most (set by perplexity; bounds the compute buffers under a budget).
+    #[arg(skip = 1u32)]
+    pub n_outputs: u32,
+}
+
+/// `1G`, `512M`, `64K`, `1.5G` (binary units) or plain bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, unit) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => (&t[..i], t[i..].to_ascii_lowercase()),
+        None => (t, String::new()),
+    };
+    let mult: u64 = match unit.trim_end_matches("ib").trim_end_matches('b') {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return Err(format!("{s:?}: unknown unit (use K, M, G or T)")),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 1G or 800M"))?;
+    let bytes = v * mult as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 / 2.0 {
+        return Err(format!("{s:?} is not a positive size"));
+    }
+    Ok(bytes as u64)
 }
 
 /// `--moe-down` values.
@@ -74,6 +117,8 @@ pub enum MoeDownArg {
     Q8_0,
     Q4_0,
     F32,
+    /// No transposed copy: down as the GGUF stores it (the layout of the --mem-budget expert cache).
+    Native,
 }
 
 impl MoeDownArg {
@@ -83,6 +128,7 @@ impl MoeDownArg {
             MoeDownArg::Q8_0 => DownType::Fixed(GgmlType::Q8_0),
             MoeDownArg::Q4_0 => DownType::Fixed(GgmlType::Q4_0),
             MoeDownArg::F32 => DownType::Fixed(GgmlType::F32),
+            MoeDownArg::Native => DownType::Native,
         }
     }
 }
@@ -129,8 +175,9 @@ pub const DEFAULT_MODEL: &str = concat!(
     "/models/smallthinker-tiny/smallthinker-tiny-f32.gguf"
 );
 
-/// Opens a model to run, with its pages mapped in up front (`GgufFile::prefault`), as llama.cpp does.
-pub fn open(path: &Path) -> anyhow::Result<GgufFile> {
+/// Opens a model to run, with its pages mapped in up front (`GgufFile::prefault`), as llama.cpp does; with a
+/// memory budget only the dense weights are, later (`MoeSetup::with_budget`).
+pub fn open(path: &Path, args: &SessionArgs) -> anyhow::Result<GgufFile> {
     if path == Path::new(DEFAULT_MODEL) && !path.exists() {
         bail!(
             "the default model {} is missing (it ships in the repository's models/ folder); pass -m MODEL.gguf",
@@ -139,7 +186,9 @@ pub fn open(path: &Path) -> anyhow::Result<GgufFile> {
     }
     let file = GgufFile::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     // Only a speed-up: a kernel without either advice still runs the model, faulting pages on first use.
-    let _ = file.prefault();
+    if args.mem_budget.is_none() {
+        let _ = file.prefault();
+    }
     Ok(file)
 }
 
@@ -174,7 +223,27 @@ pub fn session<'a>(
         down_type: args.moe_down.down_type(),
         ..Default::default()
     };
-    let session = Session::new(model, kv, params)?;
+    let session = match args.mem_budget {
+        None => Session::new(model, kv, params)?,
+        Some(bytes) => {
+            if args.dense {
+                bail!("--mem-budget needs the sparse path (its expert op reads the cache): drop --dense");
+            }
+            let b = BudgetParams {
+                bytes,
+                policy: args.cache_policy,
+                io_threads: args.io_threads.max(1),
+                n_threads: threads,
+                n_batch: kv_params.n_batch,
+                n_outputs: args.n_outputs,
+                frequencies: None,
+                pinned: Vec::new(),
+                assume_resident: None,
+            };
+            let (moe, _) = MoeSetup::with_budget(model, &kv, &b)?;
+            Session::with_moe(model, kv, params, moe)?
+        }
+    };
     eprintln!("moe: {}", session.moe_path());
     Ok(session)
 }

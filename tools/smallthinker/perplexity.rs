@@ -35,7 +35,7 @@ pub fn nll(logits: &[f32], target: u32) -> f64 {
 
 pub fn run(args: &PerplexityArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
-    let file = common::open(&args.model)?;
+    let file = common::open(&args.model, &args.session)?;
     let wctx = Model::context(&file)?;
     let model = Model::load(&wctx, &file)?;
     let (_, tok) = load_tokenizer(&file)?;
@@ -57,7 +57,9 @@ pub fn run(args: &PerplexityArgs) -> anyhow::Result<()> {
         );
     }
     let kctx = KvCache::context(&model.hp)?;
-    let mut session = common::session(&args.session, &model, &kctx)?;
+    let mut sargs = args.session.clone();
+    sargs.n_outputs = sargs.batch; // every position's logits
+    let mut session = common::session(&sargs, &model, &kctx)?;
     let n_vocab = model.hp.n_vocab as usize;
     let n_chunk = tokens.len() / n_ctx;
     let first = n_ctx / 2;

@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context as _};
 use smallthinker::chat::{ChatTemplate, Message};
 use smallthinker::gguf::GgufFile;
+use smallthinker::graph::{CacheStats, MoeStats};
 use smallthinker::model::{KvCache, Model, Rows, Session};
 use smallthinker::sampling::{Generation, Sampler, StopCriteria};
 use smallthinker::tokenizer::{Tokenizer, VocabSpec};
@@ -63,6 +64,33 @@ pub struct GenStats {
 
 /// Samples from `logits` (of the last prompt token) until a stop, writing each token's text to `out` and
 /// flushing. Stops early, with a message on stderr, when the context is full or `interrupt` gets set.
+/// `--stats` for one decode step: time, active neurons and, with a budget, the expert cache's figures.
+fn token_stats(session: &Session<'_>, (cache0, moe0): (Option<CacheStats>, MoeStats), secs: f64) -> String {
+    let moe = session.moe_stats();
+    let (a, t) = (
+        moe.active_neurons - moe0.active_neurons,
+        moe.total_neurons - moe0.total_neurons,
+    );
+    let mut line = format!("[stats] pos {} {:.1} ms", session.n_past(), secs * 1e3);
+    if t > 0 {
+        line += &format!(", active neurons {:.3}", a as f64 / t as f64);
+    }
+    if let (Some(c), Some(c0)) = (session.cache_stats(), cache0) {
+        let d = c.minus(&c0);
+        line += &format!(
+            ", cache hits {}/{} ({:.1}%), read {:.2} MiB, I/O wait {:.2} ms, prefetched {:.0}%, arrived in time {:.0}%",
+            d.hits,
+            d.lookups,
+            100.0 * d.hit_rate(),
+            d.bytes_read as f64 / (1 << 20) as f64,
+            d.wait_ns as f64 / 1e6,
+            100.0 * d.prefetch_coverage(),
+            100.0 * d.hidden_rate()
+        );
+    }
+    line
+}
+
 pub fn generate(
     session: &mut Session<'_>,
     sampler: &mut Sampler,
@@ -70,6 +98,7 @@ pub fn generate(
     criteria: StopCriteria,
     mut logits: Vec<f32>,
     interrupt: Option<&AtomicBool>,
+    per_token_stats: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<GenStats> {
     let n_ctx = session.kv().params().n_ctx;
@@ -105,8 +134,13 @@ pub fn generate(
             eprintln!("\n[context full: {n_ctx} tokens (--ctx); stopping]");
             break;
         }
+        let before = (session.cache_stats(), session.moe_stats());
+        let t0 = Instant::now();
         logits = session.eval(&[id], Rows::Last)?;
         stats.evaluated.push(id);
+        if per_token_stats {
+            eprintln!("{}", token_stats(session, before, t0.elapsed().as_secs_f64()));
+        }
     }
     stats.seconds = start.elapsed().as_secs_f64();
     Ok(stats)
@@ -138,7 +172,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     if args.prompt.is_empty() {
         bail!("the prompt is empty (-p)");
     }
-    let file = common::open(&args.model)?;
+    let file = common::open(&args.model, &args.session)?;
     let wctx = Model::context(&file)?;
     let model = Model::load(&wctx, &file)?;
     let (spec, tok) = load_tokenizer(&file)?;
@@ -179,7 +213,17 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut stdout = std::io::stdout().lock();
-    let stats = generate(&mut session, &mut sampler, &tok, criteria, logits, None, &mut stdout)?;
+    let per_token = args.session.stats;
+    let stats = generate(
+        &mut session,
+        &mut sampler,
+        &tok,
+        criteria,
+        logits,
+        None,
+        per_token,
+        &mut stdout,
+    )?;
     eprintln!();
     print_speed("prompt eval", tokens.len(), prompt_secs);
     print_speed("generation", stats.n_sampled, stats.seconds);

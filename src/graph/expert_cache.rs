@@ -1,0 +1,516 @@
+//! The expert cache of memory-capped inference (engine-notes §3): a fixed number of slots, each holding one
+//! expert's gate, up and down matrices exactly as the GGUF stores them, read from storage by a pool of I/O
+//! threads ([`super::expert_io`]).
+//!
+//! Timeline of one layer: the router op calls [`ExpertCache::route`] with the layer's expert ids before the
+//! layer's attention runs; experts not resident get a slot (evicting by the policy) and their reads are queued at
+//! once, so storage works while attention computes. The expert op then calls [`ExpertCache::get`], which waits
+//! only for reads that have not finished. A layer's experts stay pinned from its `route` until the next `route`
+//! (the next layer's router runs after this layer's expert op, by graph order), so a batch never loses an expert
+//! it still needs; this is why the cache needs at least `n_expert` slots.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use super::expert_io::{ExpertFile, ExpertReadError, Extent, ALIGN};
+use crate::ggml::rows::AlignedBytes;
+
+/// Which resident expert gives up its slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CachePolicy {
+    /// Least recently used.
+    #[default]
+    Lru,
+    /// Least frequently selected (a decaying per-layer count, seeded from a profile when given), then LRU.
+    Frequency,
+}
+
+impl std::str::FromStr for CachePolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<CachePolicy, String> {
+        match s {
+            "lru" => Ok(CachePolicy::Lru),
+            "freq" | "frequency" => Ok(CachePolicy::Frequency),
+            _ => Err(format!("unknown cache policy {s:?} (lru, freq)")),
+        }
+    }
+}
+
+/// Where one expert's three matrices are in the file.
+#[derive(Clone, Copy, Debug)]
+pub struct ExpertExtents {
+    pub gate: Extent,
+    pub up: Extent,
+    pub down: Extent,
+}
+
+/// Counters since the last reset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Distinct experts a batch's router chose, summed over layers and batches.
+    pub lookups: u64,
+    /// Of those, resident when routed.
+    pub hits: u64,
+    /// Reads of an expert into a slot (misses and pre-warming).
+    pub loads: u64,
+    /// Loads issued by the router op, before the expert op needed them.
+    pub loads_prefetched: u64,
+    /// Loads already complete when the expert op first asked for them.
+    pub loads_ready_on_use: u64,
+    pub bytes_read: u64,
+    /// Time the expert op's first thread spent waiting for reads.
+    pub wait_ns: u64,
+}
+
+impl CacheStats {
+    pub fn hit_rate(&self) -> f64 {
+        ratio(self.hits, self.lookups)
+    }
+
+    /// Share of loads issued before the expert op needed them.
+    pub fn prefetch_coverage(&self) -> f64 {
+        ratio(self.loads_prefetched, self.loads)
+    }
+
+    /// Share of prefetched loads whose reads were over before the expert op needed them.
+    pub fn hidden_rate(&self) -> f64 {
+        ratio(self.loads_ready_on_use, self.loads_prefetched)
+    }
+
+    pub fn minus(&self, b: &CacheStats) -> CacheStats {
+        CacheStats {
+            lookups: self.lookups - b.lookups,
+            hits: self.hits - b.hits,
+            loads: self.loads - b.loads,
+            loads_prefetched: self.loads_prefetched - b.loads_prefetched,
+            loads_ready_on_use: self.loads_ready_on_use - b.loads_ready_on_use,
+            bytes_read: self.bytes_read - b.bytes_read,
+            wait_ns: self.wait_ns - b.wait_ns,
+        }
+    }
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+/// What the cache is built with.
+#[derive(Clone, Debug)]
+pub struct CacheParams {
+    pub n_slots: usize,
+    pub policy: CachePolicy,
+    pub io_threads: usize,
+    /// Per (layer, expert), layer-major: initial frequencies for [`CachePolicy::Frequency`] (e.g. a profile).
+    pub frequencies: Option<Vec<f32>>,
+}
+
+/// One expert's bytes, borrowed from its slot while the guard lives.
+pub struct ExpertGuard<'c> {
+    buf: RwLockReadGuard<'c, SlotBuf>,
+    lens: [usize; 3],
+}
+
+impl ExpertGuard<'_> {
+    /// `[gate, up, down]`, each as the GGUF stores the expert's slice.
+    pub fn matrices(&self) -> [&[u8]; 3] {
+        let b = self.buf.bytes.as_slice();
+        let m = |i: usize| &b[self.buf.offs[i]..self.buf.offs[i] + self.lens[i]];
+        [m(0), m(1), m(2)]
+    }
+}
+
+struct SlotBuf {
+    bytes: AlignedBytes,
+    /// Offset of each matrix's first byte in `bytes`.
+    offs: [usize; 3],
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum State {
+    Empty,
+    Loading { prefetched: bool },
+    Ready,
+}
+
+#[derive(Clone, Copy)]
+struct Meta {
+    key: Option<usize>,
+    state: State,
+    last_use: u64,
+    /// Pinned for the batch's current layer.
+    pinned: bool,
+    /// Pre-warmed from a profile: never evicted.
+    permanent: bool,
+    /// The first `get` after the load has been counted.
+    used: bool,
+}
+
+struct Inner {
+    meta: Vec<Meta>,
+    /// Slot of each (layer, expert) key.
+    slot_of: Vec<Option<usize>>,
+    tick: u64,
+    freq: Vec<f32>,
+    pinned: Vec<usize>,
+    stats: CacheStats,
+    error: Option<ExpertReadError>,
+}
+
+struct Job {
+    slot: usize,
+    key: usize,
+}
+
+/// See the module docs. Owns the I/O threads: dropping it stops them (pending reads are abandoned).
+pub struct ExpertCache {
+    core: Arc<CacheCore>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl std::ops::Deref for ExpertCache {
+    type Target = CacheCore;
+    fn deref(&self) -> &CacheCore {
+        &self.core
+    }
+}
+
+impl Drop for ExpertCache {
+    fn drop(&mut self) {
+        *lock(&self.core.queue) = None;
+        self.core.queued.notify_all();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// The state the I/O threads share with the compute side.
+pub struct CacheCore {
+    inner: Mutex<Inner>,
+    ready: Condvar,
+    slots: Vec<RwLock<SlotBuf>>,
+    extents: Vec<ExpertExtents>,
+    names: Vec<[String; 3]>,
+    n_expert: usize,
+    policy: CachePolicy,
+    file: ExpertFile,
+    queue: Mutex<Option<VecDeque<Job>>>,
+    queued: Condvar,
+}
+
+impl ExpertCache {
+    /// Bytes one slot takes for these extents (all experts' regions, 4 KiB-aligned, plus alignment slack).
+    pub fn slot_bytes(extents: &[ExpertExtents]) -> usize {
+        let region = |f: fn(&ExpertExtents) -> Extent| extents.iter().map(|x| f(x).region_len()).max().unwrap_or(0);
+        region(|x| x.gate) + region(|x| x.up) + region(|x| x.down) + ALIGN as usize
+    }
+
+    /// `extents` and `names` (the three tensor names of each layer) are layer-major, `n_expert` per layer.
+    pub fn new(
+        file: ExpertFile,
+        extents: Vec<ExpertExtents>,
+        names: Vec<[String; 3]>,
+        n_expert: usize,
+        p: CacheParams,
+    ) -> ExpertCache {
+        let slot_len = ExpertCache::slot_bytes(&extents);
+        let region = |f: fn(&ExpertExtents) -> Extent| extents.iter().map(|x| f(x).region_len()).max().unwrap_or(0);
+        let (rg, ru) = (region(|x| x.gate), region(|x| x.up));
+        let slots = (0..p.n_slots)
+            .map(|_| {
+                RwLock::new(SlotBuf {
+                    bytes: AlignedBytes::zeroed(slot_len),
+                    offs: [0, rg, rg + ru],
+                })
+            })
+            .collect();
+        let n_keys = extents.len();
+        let core = Arc::new(CacheCore {
+            inner: Mutex::new(Inner {
+                meta: vec![
+                    Meta {
+                        key: None,
+                        state: State::Empty,
+                        last_use: 0,
+                        pinned: false,
+                        permanent: false,
+                        used: true,
+                    };
+                    p.n_slots
+                ],
+                slot_of: vec![None; n_keys],
+                tick: 0,
+                freq: p
+                    .frequencies
+                    .filter(|f| f.len() == n_keys)
+                    .unwrap_or_else(|| vec![0.0; n_keys]),
+                pinned: Vec::new(),
+                stats: CacheStats::default(),
+                error: None,
+            }),
+            ready: Condvar::new(),
+            slots,
+            extents,
+            names,
+            n_expert,
+            policy: p.policy,
+            file,
+            queue: Mutex::new(Some(VecDeque::new())),
+            queued: Condvar::new(),
+        });
+        let workers = (0..p.io_threads.max(1))
+            .map(|_| {
+                let c = core.clone();
+                std::thread::spawn(move || c.worker())
+            })
+            .collect();
+        ExpertCache { core, workers }
+    }
+}
+
+impl CacheCore {
+    pub fn n_slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_direct(&self) -> bool {
+        self.file.is_direct()
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        lock(&self.inner).stats
+    }
+
+    /// The first read error since the last call (the evaluation that hit it must not be trusted).
+    pub fn take_error(&self) -> Option<ExpertReadError> {
+        lock(&self.inner).error.take()
+    }
+
+    /// The router of layer `il` chose `ids` (any number of tokens x k): pins them, queues reads for the
+    /// missing ones. Unpins the previous layer's experts.
+    pub fn route(&self, il: u32, ids: &[i32]) {
+        let base = il as usize * self.n_expert;
+        let mut want: Vec<usize> = ids.iter().map(|&e| base + e as usize).collect();
+        want.sort_unstable();
+        want.dedup();
+        let mut g = lock(&self.inner);
+        for s in std::mem::take(&mut g.pinned) {
+            g.meta[s].pinned = false;
+        }
+        self.decay(&mut g, il as usize);
+        for &key in &want {
+            g.tick += 1;
+            let tick = g.tick;
+            g.freq[key] += 1.0;
+            g.stats.lookups += 1;
+            let slot = match g.slot_of[key] {
+                Some(s) => {
+                    if g.meta[s].state == State::Ready {
+                        g.stats.hits += 1;
+                    }
+                    s
+                }
+                None => {
+                    let (s, guard) = self.claim(g, key, true);
+                    g = guard;
+                    s
+                }
+            };
+            g.meta[slot].pinned = true;
+            g.meta[slot].last_use = tick;
+            g.pinned.push(slot);
+        }
+    }
+
+    /// Halves a layer's counts now and then, so that the frequency policy follows the current text.
+    fn decay(&self, g: &mut Inner, il: usize) {
+        let layer = &mut g.freq[il * self.n_expert..(il + 1) * self.n_expert];
+        if layer.iter().sum::<f32>() > 64.0 * self.n_expert as f32 {
+            layer.iter_mut().for_each(|f| *f *= 0.5);
+        }
+    }
+
+    /// Gives `key` a slot (evicting one) and queues its read; waits when every slot is pinned or loading.
+    fn claim<'g>(
+        &'g self,
+        mut g: MutexGuard<'g, Inner>,
+        key: usize,
+        prefetched: bool,
+    ) -> (usize, MutexGuard<'g, Inner>) {
+        let slot = loop {
+            if let Some(s) = self.victim(&g) {
+                break s;
+            }
+            g = self.ready.wait(g).unwrap_or_else(|p| p.into_inner());
+        };
+        if let Some(old) = g.meta[slot].key {
+            g.slot_of[old] = None;
+        }
+        g.slot_of[key] = Some(slot);
+        g.meta[slot].key = Some(key);
+        g.meta[slot].state = State::Loading { prefetched };
+        // Only prefetches are scored for arriving in time.
+        g.meta[slot].used = !prefetched;
+        g.stats.loads += 1;
+        if prefetched {
+            g.stats.loads_prefetched += 1;
+        }
+        if let Some(q) = lock(&self.queue).as_mut() {
+            q.push_back(Job { slot, key });
+        }
+        self.queued.notify_one();
+        (slot, g)
+    }
+
+    fn victim(&self, g: &Inner) -> Option<usize> {
+        let free = |m: &Meta| !m.pinned && !m.permanent && !matches!(m.state, State::Loading { .. });
+        let cands = g.meta.iter().enumerate().filter(|(_, m)| free(m));
+        if let Some((s, _)) = g.meta.iter().enumerate().find(|(_, m)| free(m) && m.key.is_none()) {
+            return Some(s);
+        }
+        match self.policy {
+            CachePolicy::Lru => cands.min_by_key(|(_, m)| m.last_use).map(|(s, _)| s),
+            CachePolicy::Frequency => cands
+                .min_by(|(_, a), (_, b)| {
+                    let f = |m: &Meta| m.key.map_or(0.0, |k| g.freq[k]);
+                    f(a).total_cmp(&f(b)).then(a.last_use.cmp(&b.last_use))
+                })
+                .map(|(s, _)| s),
+        }
+    }
+
+    /// Loads these (layer, expert) keys and keeps them for good (pre-warming from a profile); blocks until read.
+    pub fn pin_permanent(&self, keys: &[usize]) -> Result<(), ExpertReadError> {
+        for &key in keys {
+            let mut g = lock(&self.inner);
+            if g.slot_of[key].is_none() {
+                g = self.claim(g, key, false).1;
+            }
+            let s = g.slot_of[key].expect("claimed");
+            g.meta[s].permanent = true;
+        }
+        for &key in keys {
+            let il = (key / self.n_expert) as u32;
+            if self.get(il, (key % self.n_expert) as u32, false).is_none() {
+                return Err(self.take_error().expect("a failed get records its error"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether (il, e) is resident and read.
+    pub fn is_ready(&self, il: u32, e: u32) -> bool {
+        let g = lock(&self.inner);
+        let key = il as usize * self.n_expert + e as usize;
+        g.slot_of[key].is_some_and(|s| g.meta[s].state == State::Ready)
+    }
+
+    /// Waits for expert `e` of layer `il` (routed by [`route`](Self::route)) and borrows its bytes; None if its
+    /// read failed (the error is kept for [`take_error`](Self::take_error)). `timed`: count the wait in stats.
+    pub fn get(&self, il: u32, e: u32, timed: bool) -> Option<ExpertGuard<'_>> {
+        let key = il as usize * self.n_expert + e as usize;
+        let t0 = Instant::now();
+        let mut g = lock(&self.inner);
+        let mut waited = false;
+        let slot = loop {
+            match g.slot_of[key] {
+                // Not routed (or its read failed): load it now, which is not a prefetch.
+                None if g.error.is_some() => return None,
+                None => g = self.claim(g, key, false).1,
+                Some(s) => match g.meta[s].state {
+                    State::Ready => break s,
+                    State::Loading { .. } => {
+                        waited = true;
+                        g = self.ready.wait(g).unwrap_or_else(|p| p.into_inner());
+                    }
+                    State::Empty => return None,
+                },
+            }
+        };
+        if !g.meta[slot].used {
+            g.meta[slot].used = true;
+            if !waited && matches!(g.meta[slot].state, State::Ready) {
+                g.stats.loads_ready_on_use += 1;
+            }
+        }
+        if timed && waited {
+            g.stats.wait_ns += t0.elapsed().as_nanos() as u64;
+        }
+        drop(g);
+        let x = &self.extents[key];
+        Some(ExpertGuard {
+            buf: self.slots[slot].read().unwrap_or_else(|p| p.into_inner()),
+            lens: [x.gate.len as usize, x.up.len as usize, x.down.len as usize],
+        })
+    }
+
+    fn worker(&self) {
+        loop {
+            let job = {
+                let mut q = lock(&self.queue);
+                loop {
+                    match q.as_mut() {
+                        None => return,
+                        Some(q2) => {
+                            if let Some(j) = q2.pop_front() {
+                                break j;
+                            }
+                        }
+                    }
+                    q = self.queued.wait(q).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            let r = self.load(job.slot, job.key);
+            let mut g = lock(&self.inner);
+            match r {
+                Ok(n) => {
+                    g.stats.bytes_read += n;
+                    g.meta[job.slot].state = State::Ready;
+                }
+                Err(e) => {
+                    g.error.get_or_insert(e);
+                    g.meta[job.slot].state = State::Empty;
+                    g.meta[job.slot].key = None;
+                    g.slot_of[job.key] = None;
+                }
+            }
+            drop(g);
+            self.ready.notify_all();
+        }
+    }
+
+    fn load(&self, slot: usize, key: usize) -> Result<u64, ExpertReadError> {
+        let mut buf = self.slots[slot].write().unwrap_or_else(|p| p.into_inner());
+        let x = self.extents[key];
+        let e = (key % self.n_expert) as u32;
+        let names = &self.names[key / self.n_expert];
+        let SlotBuf { bytes, offs } = &mut *buf;
+        let bytes = bytes.as_mut_slice();
+        // Regions start page-aligned in memory: the slack at the front of the buffer absorbs its address.
+        let lead = bytes.as_ptr().align_offset(ALIGN as usize);
+        let (rg, ru) = (self.region(|x| x.gate), self.region(|x| x.up));
+        let starts = [lead, lead + rg, lead + rg + ru];
+        let mut total = 0u64;
+        for (i, ext) in [x.gate, x.up, x.down].into_iter().enumerate() {
+            let end = if i < 2 { starts[i + 1] } else { bytes.len() };
+            let inner = self.file.read(ext, &mut bytes[starts[i]..end], (&names[i], e))?;
+            offs[i] = starts[i] + inner;
+            total += ext.aligned().1;
+        }
+        Ok(total)
+    }
+
+    fn region(&self, f: fn(&ExpertExtents) -> Extent) -> usize {
+        self.extents.iter().map(|x| f(x).region_len()).max().unwrap_or(0)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,305 @@
+//! Memory-capped inference (`MoeSetup::with_budget`): logits with an expert cache small enough to evict on
+//! every layer equal the unbudgeted native-layout path bit for bit, for both policies; the native layout agrees
+//! with the dense ggml path; budgets below the dense part, changed files and short reads give errors.
+
+mod common;
+mod model_graph_util;
+
+use std::path::{Path, PathBuf};
+
+use common::fixtures;
+use model_graph_util::nmse;
+use smallthinker::gguf::GgufFile;
+use smallthinker::graph::{
+    CacheParams, CachePolicy, DownType, ExpertCache, ExpertExtents, ExpertFile, ExpertReadError, Extent,
+};
+use smallthinker::model::{
+    BudgetError, BudgetParams, KvCache, KvParams, KvType, Model, MoeSetup, Rows, Session, SessionParams,
+};
+
+const TINY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/models/smallthinker-tiny/smallthinker-tiny-f32.gguf"
+);
+
+fn budget(bytes: u64, policy: CachePolicy) -> BudgetParams {
+    BudgetParams {
+        bytes,
+        policy,
+        io_threads: 3,
+        n_threads: 2,
+        n_batch: 8,
+        n_outputs: 8,
+        frequencies: None,
+        pinned: Vec::new(),
+        // Tests run concurrently: the process's resident set moves under them.
+        assume_resident: Some(64 << 20),
+    }
+}
+
+/// What a run returns: every step's logits, and the cache's (loads, slots) with a budget.
+struct Out {
+    logits: Vec<f32>,
+    loads: Option<u64>,
+}
+
+enum Mode {
+    Params(SessionParams),
+    /// A cache of one layer's experts plus this many slots.
+    Budget(usize, CachePolicy),
+}
+
+/// A prompt of 11 tokens in batches of 8 (all rows), then 6 decode steps.
+fn run(path: &Path, mode: Mode) -> Out {
+    let file = GgufFile::open(path).unwrap();
+    let wctx = Model::context(&file).unwrap();
+    let model = Model::load(&wctx, &file).unwrap();
+    let kctx = KvCache::context(&model.hp).unwrap();
+    let kvp = KvParams {
+        n_ctx: 32,
+        n_batch: 8,
+        ty: KvType::F32,
+    };
+    let kv = KvCache::new(&kctx, &model.hp, kvp).unwrap();
+    let n_vocab = model.hp.n_vocab;
+    let params = SessionParams {
+        n_threads: 2,
+        sparse_max_batch: u32::MAX,
+        down_type: DownType::Native,
+        ..Default::default()
+    };
+    let mut s = match mode {
+        Mode::Params(p) => Session::new(&model, kv, p).unwrap(),
+        Mode::Budget(extra, policy) => {
+            // Size the budget from the report of a roomy one: fixed parts + (n_expert + extra) slots.
+            let (_, r) = MoeSetup::with_budget(&model, &kv, &budget(64 << 30, policy)).unwrap();
+            let n = model.hp.n_expert as u64 + extra as u64;
+            // with_budget keeps a margin of bytes/32 + 16 MiB; half a slot of slack for the resident set moving.
+            let need = r.resident + r.kv + r.compute + (16 << 20) + n * r.slot + r.slot / 4;
+            let bytes = (need as f64 * 32.0 / 31.0).ceil() as u64;
+            let (moe, r2) = MoeSetup::with_budget(&model, &kv, &budget(bytes, policy)).unwrap();
+            assert!(
+                r2.n_slots >= model.hp.n_expert as usize && r2.n_slots < r2.n_experts_total,
+                "{} slots of {}",
+                r2.n_slots,
+                r2.n_experts_total
+            );
+            Session::with_moe(&model, kv, params, moe).unwrap()
+        }
+    };
+    let tokens: Vec<u32> = (0..17u32).map(|i| (i * 7919 + 13) % n_vocab).collect();
+    let mut logits = s.eval(&tokens[..11], Rows::All).unwrap();
+    for t in &tokens[11..] {
+        logits.extend(s.eval(&[*t], Rows::Last).unwrap());
+    }
+    let loads = s.cache_stats().map(|c| c.loads);
+    Out { logits, loads }
+}
+
+fn native() -> Mode {
+    Mode::Params(SessionParams {
+        n_threads: 2,
+        sparse_max_batch: u32::MAX,
+        down_type: DownType::Native,
+        ..Default::default()
+    })
+}
+
+fn models() -> Vec<PathBuf> {
+    let mut v = vec![PathBuf::from(TINY)];
+    for c in ["st4b", "st21b"] {
+        for m in ["f32", "q4_0"] {
+            v.push(fixtures::manifest(c).gguf(m));
+        }
+    }
+    v
+}
+
+#[test]
+fn budgeted_logits_equal_unbudgeted_native_logits() {
+    for path in models() {
+        let want = run(&path, native());
+        for policy in [CachePolicy::Lru, CachePolicy::Frequency] {
+            let got = run(&path, Mode::Budget(2, policy));
+            assert_eq!(got.logits.len(), want.logits.len());
+            let same = got
+                .logits
+                .iter()
+                .zip(&want.logits)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{}: {policy:?}: logits differ (nmse {:e})",
+                path.display(),
+                nmse(&got.logits, &want.logits)
+            );
+            let loads = got.loads.expect("cache stats");
+            let file = GgufFile::open(&path).unwrap();
+            let hp = smallthinker::model::Hparams::from_gguf(&file).unwrap();
+            // More loads than experts in the model: slots were reused, i.e. experts were evicted and read again.
+            assert!(
+                loads > u64::from(hp.n_layer * hp.n_expert),
+                "{}: only {loads} loads for {} experts",
+                path.display(),
+                hp.n_layer * hp.n_expert
+            );
+        }
+    }
+}
+
+#[test]
+fn native_layout_agrees_with_the_dense_path() {
+    for path in models() {
+        let dense = run(
+            &path,
+            Mode::Params(SessionParams {
+                dense: true,
+                ..Default::default()
+            }),
+        );
+        let got = run(&path, native());
+        let e = nmse(&got.logits, &dense.logits);
+        assert!(e < 1e-4, "{}: native vs dense nmse {e:e}", path.display());
+    }
+}
+
+#[test]
+fn a_budget_below_the_dense_part_names_the_minimum() {
+    let file = GgufFile::open(Path::new(TINY)).unwrap();
+    let wctx = Model::context(&file).unwrap();
+    let model = Model::load(&wctx, &file).unwrap();
+    let kctx = KvCache::context(&model.hp).unwrap();
+    let kvp = KvParams {
+        n_ctx: 32,
+        n_batch: 8,
+        ty: KvType::F32,
+    };
+    let kv = KvCache::new(&kctx, &model.hp, kvp).unwrap();
+    let b = BudgetParams {
+        assume_resident: None,
+        ..budget(8 << 20, CachePolicy::Lru)
+    };
+    let err = MoeSetup::with_budget(&model, &kv, &b).err().expect("too small");
+    let msg = err.to_string();
+    match err {
+        BudgetError::TooSmall {
+            minimum_mib,
+            budget_mib,
+            ..
+        } => {
+            assert!(minimum_mib > budget_mib, "{msg}");
+            assert!(
+                msg.contains("smallthinker-tiny-f32.gguf") && msg.contains("minimum"),
+                "{msg}"
+            );
+        }
+        other => panic!("expected TooSmall, got {other}"),
+    }
+}
+
+/// A file of `n` known bytes in a temporary directory.
+fn temp_file(n: usize) -> (tempfile::TempDir, PathBuf, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.bin");
+    let bytes: Vec<u8> = (0..n).map(|i| (i * 31 % 251) as u8).collect();
+    std::fs::write(&path, &bytes).unwrap();
+    (dir, path, bytes)
+}
+
+fn identity(path: &Path) -> smallthinker::gguf::FileIdentity {
+    smallthinker::gguf::FileIdentity::of(&std::fs::metadata(path).unwrap())
+}
+
+#[test]
+fn expert_reads_return_the_file_bytes_and_fail_cleanly() {
+    let (_dir, path, bytes) = temp_file(3 * 20_000 + 777);
+    let ext = |o: u64, len: u64| Extent { offset: o, len };
+    // Two experts of three unaligned matrices each.
+    let extents = vec![
+        ExpertExtents {
+            gate: ext(5, 9000),
+            up: ext(9005, 9000),
+            down: ext(18_005, 12_000),
+        },
+        ExpertExtents {
+            gate: ext(30_005, 9000),
+            up: ext(39_005, 9000),
+            down: ext(48_005, 12_000),
+        },
+    ];
+    let names = vec![["g".to_string(), "u".to_string(), "d".to_string()]];
+    let file = ExpertFile::open(&path, identity(&path)).unwrap();
+    let params = CacheParams {
+        n_slots: 2,
+        policy: CachePolicy::Lru,
+        io_threads: 2,
+        frequencies: None,
+    };
+    let cache = ExpertCache::new(file, extents.clone(), names.clone(), 2, params.clone());
+    cache.route(0, &[1, 0]);
+    for e in 0..2u32 {
+        let g = cache.get(0, e, true).expect("read");
+        let x = extents[e as usize];
+        for (m, x) in g.matrices().iter().zip([x.gate, x.up, x.down]) {
+            assert_eq!(*m, &bytes[x.offset as usize..(x.offset + x.len) as usize]);
+        }
+    }
+    let st = cache.stats();
+    assert_eq!((st.lookups, st.hits, st.loads, st.loads_prefetched), (2, 0, 2, 2));
+    assert!(cache.take_error().is_none());
+    drop(cache);
+
+    // An extent past the end of the file: a short read, reported with the tensor and expert, no data.
+    let mut bad = extents.clone();
+    bad[1].down = ext(60_000, 5000);
+    let file = ExpertFile::open(&path, identity(&path)).unwrap();
+    let cache = ExpertCache::new(file, bad, names, 2, params);
+    cache.route(0, &[1]);
+    assert!(cache.get(0, 1, false).is_none());
+    match cache.take_error() {
+        Some(ExpertReadError::Read {
+            tensor,
+            expert,
+            message,
+            ..
+        }) => {
+            assert_eq!((tensor.as_str(), expert), ("d", 1));
+            assert!(message.contains("short read"), "{message}");
+        }
+        other => panic!("expected a short read, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_file_replaced_since_it_was_opened_is_detected() {
+    let (_dir, path, bytes) = temp_file(10_000);
+    let before = identity(&path);
+    // Rewritten through a new file renamed over it, as tools do: another inode.
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, &bytes[..9000]).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    match ExpertFile::open(&path, before) {
+        Err(ExpertReadError::Changed { path: p }) => assert_eq!(p, path),
+        other => panic!("expected Changed, got {:?}", other.map(|_| ())),
+    }
+    // Truncated after opening: the failed read is reported as a change, not as garbage.
+    let now = identity(&path);
+    let file = ExpertFile::open(&path, now).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    let mut region = vec![0u8; 16384];
+    let off = region.as_ptr().align_offset(4096);
+    let r = file.read(
+        Extent {
+            offset: 4096,
+            len: 4000,
+        },
+        &mut region[off..off + 8192],
+        ("t", 0),
+    );
+    assert!(matches!(r, Err(ExpertReadError::Changed { .. })), "{r:?}");
+}
