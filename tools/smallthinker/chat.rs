@@ -14,7 +14,7 @@ use smallthinker::model::{KvCache, Model, Rows};
 use smallthinker::sampling::{Sampler, StopCriteria};
 
 use crate::common::{self, SamplingArgs, SessionArgs};
-use crate::run::{generate, load_tokenizer, print_speed, tokenize_prompt};
+use crate::run::{generate, load_tokenizer, print_speed, tokenize_prompt, GenControl};
 
 /// Arguments of `chat`.
 #[derive(clap::Args)]
@@ -116,8 +116,10 @@ pub fn run(args: &ChatArgs) -> anyhow::Result<()> {
             &tok,
             criteria,
             logits,
-            Some(&interrupt),
-            args.session.stats,
+            GenControl {
+                interrupt: Some(&interrupt),
+                per_token_stats: args.session.stats,
+            },
             &mut stdout,
         );
         generating.store(false, Ordering::SeqCst);

@@ -64,6 +64,15 @@ pub struct GenStats {
 
 /// Samples from `logits` (of the last prompt token) until a stop, writing each token's text to `out` and
 /// flushing. Stops early, with a message on stderr, when the context is full or `interrupt` gets set.
+/// What can steer a generation besides the sampler.
+#[derive(Clone, Copy, Default)]
+pub struct GenControl<'a> {
+    /// Set (by Ctrl-C) to stop at the next token.
+    pub interrupt: Option<&'a AtomicBool>,
+    /// `--stats`: a line per decode step on stderr.
+    pub per_token_stats: bool,
+}
+
 /// `--stats` for one decode step: time, active neurons and, with a budget, the expert cache's figures.
 fn token_stats(session: &Session<'_>, (cache0, moe0): (Option<CacheStats>, MoeStats), secs: f64) -> String {
     let moe = session.moe_stats();
@@ -97,10 +106,13 @@ pub fn generate(
     tok: &Tokenizer,
     criteria: StopCriteria,
     mut logits: Vec<f32>,
-    interrupt: Option<&AtomicBool>,
-    per_token_stats: bool,
+    ctl: GenControl<'_>,
     out: &mut dyn Write,
 ) -> anyhow::Result<GenStats> {
+    let GenControl {
+        interrupt,
+        per_token_stats,
+    } = ctl;
     let n_ctx = session.kv().params().n_ctx;
     let mut gen = Generation::new(criteria);
     let mut stats = GenStats {
@@ -213,17 +225,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut stdout = std::io::stdout().lock();
-    let per_token = args.session.stats;
-    let stats = generate(
-        &mut session,
-        &mut sampler,
-        &tok,
-        criteria,
-        logits,
-        None,
-        per_token,
-        &mut stdout,
-    )?;
+    let ctl = GenControl {
+        interrupt: None,
+        per_token_stats: args.session.stats,
+    };
+    let stats = generate(&mut session, &mut sampler, &tok, criteria, logits, ctl, &mut stdout)?;
     eprintln!();
     print_speed("prompt eval", tokens.len(), prompt_secs);
     print_speed("generation", stats.n_sampled, stats.seconds);
