@@ -72,12 +72,12 @@ fn run(path: &Path, mode: Mode) -> Out {
         Mode::Params(p) => Session::new(&model, kv, p).unwrap(),
         Mode::Budget(extra, policy) => {
             // Size the budget from the report of a roomy one: fixed parts + (n_expert + extra) slots.
-            let (_, r) = MoeSetup::with_budget(&model, &kv, &budget(64 << 30, policy)).unwrap();
+            let (_, r) = MoeSetup::with_budget(&model, kv.allocated_bytes(), &budget(64 << 30, policy)).unwrap();
             let n = model.hp.n_expert as u64 + extra as u64;
             // with_budget keeps a margin of bytes/32 + 16 MiB; half a slot of slack for the resident set moving.
             let need = r.resident + r.kv + r.compute + (16 << 20) + n * r.slot + r.slot / 4;
             let bytes = (need as f64 * 32.0 / 31.0).ceil() as u64;
-            let (moe, r2) = MoeSetup::with_budget(&model, &kv, &budget(bytes, policy)).unwrap();
+            let (moe, r2) = MoeSetup::with_budget(&model, kv.allocated_bytes(), &budget(bytes, policy)).unwrap();
             assert!(
                 r2.n_slots >= model.hp.n_expert as usize && r2.n_slots < r2.n_experts_total,
                 "{} slots of {}",
@@ -179,7 +179,9 @@ fn a_budget_below_the_dense_part_names_the_minimum() {
         assume_resident: None,
         ..budget(8 << 20, CachePolicy::Lru)
     };
-    let err = MoeSetup::with_budget(&model, &kv, &b).err().expect("too small");
+    let err = MoeSetup::with_budget(&model, kv.allocated_bytes(), &b)
+        .err()
+        .expect("too small");
     let msg = err.to_string();
     match err {
         BudgetError::TooSmall {

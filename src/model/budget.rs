@@ -148,12 +148,12 @@ fn extents(model: &Model<'_>) -> Result<(Vec<ExpertExtents>, Vec<[String; 3]>), 
 }
 
 impl MoeSetup {
-    /// The sparse path on the native layout with experts from a cache sized to `b.bytes`, given the session's
-    /// KV cache (already allocated). Faults in the dense weights only. Every batch takes the sparse op, since
-    /// the dense one would read the experts through the map.
+    /// The sparse path on the native layout with experts from a cache sized to `b.bytes`, given the bytes of
+    /// the KV caches of every session that will share it ([`KvCache::allocated_bytes`]). Faults in the dense
+    /// weights only. Every batch takes the sparse op, since the dense one would read the experts through the map.
     pub fn with_budget(
         model: &Model<'_>,
-        kv: &KvCache<'_>,
+        kv_bytes: u64,
         b: &BudgetParams,
     ) -> Result<(MoeSetup, BudgetReport), BudgetError> {
         let file = model.file;
@@ -166,7 +166,6 @@ impl MoeSetup {
         let dense: Vec<_> = file.tensors().iter().filter(|t| !t.name.contains("_exps.")).collect();
         file.prefault_only(&dense).map_err(io)?;
         let resident = b.assume_resident.or_else(resident_bytes).unwrap_or(0);
-        let kv_bytes = kv.allocated_bytes();
         let compute = compute_bound(model, b.n_batch, b.n_outputs);
         let margin = b.bytes / 32 + (16 << 20);
         let slot = ExpertCache::slot_bytes(&extents) as u64;

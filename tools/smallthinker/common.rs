@@ -240,7 +240,7 @@ pub fn session<'a>(
                 pinned: Vec::new(),
                 assume_resident: None,
             };
-            let (moe, _) = MoeSetup::with_budget(model, &kv, &b)?;
+            let (moe, _) = MoeSetup::with_budget(model, kv.allocated_bytes(), &b)?;
             Session::with_moe(model, kv, params, moe)?
         }
     };
