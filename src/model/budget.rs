@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use super::session::MoeSetup;
-use super::{KvCache, Model};
+use super::Model;
 use crate::graph::{
     CacheParams, CachePolicy, DownType, ExpertCache, ExpertExtents, ExpertFile, ExpertReadError, Extent, SparseMoe,
     SparseParams, N_PARTS,
@@ -149,7 +149,7 @@ fn extents(model: &Model<'_>) -> Result<(Vec<ExpertExtents>, Vec<[String; 3]>), 
 
 impl MoeSetup {
     /// The sparse path on the native layout with experts from a cache sized to `b.bytes`, given the bytes of
-    /// the KV caches of every session that will share it ([`KvCache::allocated_bytes`]). Faults in the dense
+    /// the KV caches of every session that will share it ([`super::KvCache::allocated_bytes`]). Faults in the dense
     /// weights only. Every batch takes the sparse op, since the dense one would read the experts through the map.
     pub fn with_budget(
         model: &Model<'_>,

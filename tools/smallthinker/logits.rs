@@ -7,10 +7,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
 use serde_json::json;
-use smallthinker::gguf::GgufFile;
-use smallthinker::model::{KvCache, KvParams, KvType, Model, Rows, Session, SessionParams};
+use smallthinker::model::{KvCache, KvType, Model, Rows};
 
-use crate::common::{physical_cores, KvTypeArg};
+use crate::common::{self, SessionArgs};
 
 /// Arguments of `logits`.
 #[derive(clap::Args)]
@@ -27,51 +26,26 @@ pub struct LogitsArgs {
     /// Output file (little-endian f32, row-major).
     #[arg(long)]
     out: PathBuf,
-    /// KV cache element type.
-    #[arg(long, value_enum, default_value = "f16")]
-    kv_type: KvTypeArg,
-    /// Threads (default: the physical cores).
-    #[arg(short = 't', long)]
-    threads: Option<usize>,
-    /// Context length (default: the model's training context).
-    #[arg(long)]
-    ctx: Option<u32>,
-    /// Tokens per graph while reading the prompt.
-    #[arg(long, default_value_t = 512)]
-    batch: u32,
-    /// Run the MoE with plain ggml ops (mul_mat_id) instead of the sparse path.
-    #[arg(long)]
-    dense: bool,
+    #[command(flatten)]
+    session: SessionArgs,
 }
 
 pub fn run(args: &LogitsArgs) -> anyhow::Result<()> {
-    let threads = args.threads.unwrap_or_else(physical_cores);
-    if threads == 0 || args.batch == 0 || args.ctx == Some(0) {
-        bail!("--threads, --batch and --ctx must be positive");
-    }
-    let file = GgufFile::open(&args.model).with_context(|| format!("cannot read {}", args.model.display()))?;
+    let file = common::open(&args.model, &args.session)?;
     let wctx = Model::context(&file)?;
     let model = Model::load(&wctx, &file)?;
     let hp = &model.hp;
-    let n_ctx = args.ctx.unwrap_or(hp.n_ctx_train);
+    let n_ctx = common::n_ctx(&args.session, &model)?;
     if args.tokens.len() > n_ctx as usize {
         bail!("{} tokens do not fit the context of {n_ctx} (--ctx)", args.tokens.len());
     }
-    let ty = args.kv_type.kv_type();
-    let kv_params = KvParams {
-        n_ctx,
-        n_batch: args.batch.min(n_ctx),
-        ty,
-    };
+    let ty = args.session.kv_type.kv_type();
+    let mut sargs = args.session.clone();
+    if args.all {
+        sargs.n_outputs = sargs.batch;
+    }
     let kctx = KvCache::context(hp)?;
-    let kv = KvCache::new(&kctx, hp, kv_params)?;
-    let params = SessionParams {
-        n_threads: threads,
-        dense: args.dense,
-        ..Default::default()
-    };
-    let mut session = Session::new(&model, kv, params)?;
-    eprintln!("moe: {}", session.moe_path());
+    let mut session = common::session(&sargs, &model, &kctx)?;
     let rows = if args.all { Rows::All } else { Rows::Last };
     let logits = session.eval(&args.tokens, rows)?;
 
