@@ -10,9 +10,40 @@ pub struct CpuBackend {
     ptr: NonNull<sys::ggml_backend>,
 }
 
+/// ggml's messages below WARN (e.g. a line per repacked tensor) are dropped; warnings and errors go to stderr.
+unsafe extern "C" fn log_filter(
+    level: sys::ggml_log_level,
+    text: *const std::os::raw::c_char,
+    _: *mut std::ffi::c_void,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static KEPT: AtomicBool = AtomicBool::new(false);
+    let keep = match level {
+        sys::GGML_LOG_LEVEL_WARN | sys::GGML_LOG_LEVEL_ERROR => true,
+        sys::GGML_LOG_LEVEL_CONT => KEPT.load(Ordering::Relaxed),
+        _ => false,
+    };
+    if level != sys::GGML_LOG_LEVEL_CONT {
+        KEPT.store(keep, Ordering::Relaxed);
+    }
+    if keep && !text.is_null() {
+        // SAFETY: ggml passes a NUL-terminated message.
+        let msg = unsafe { std::ffi::CStr::from_ptr(text) };
+        eprint!("{}", msg.to_string_lossy());
+    }
+}
+
+/// Installs [`log_filter`] once; every entry into ggml (a context, a backend) calls it first.
+pub(crate) fn install_log_filter() {
+    static LOG: std::sync::Once = std::sync::Once::new();
+    // SAFETY: the callback is a plain function valid for the program's life; no user data.
+    LOG.call_once(|| unsafe { sys::ggml_log_set(Some(log_filter), std::ptr::null_mut()) });
+}
+
 impl CpuBackend {
     /// ggml_backend_cpu_init.
     pub fn new() -> Result<Self, GgmlError> {
+        install_log_filter();
         // SAFETY: no preconditions; returns null on failure.
         let ptr = unsafe { sys::ggml_backend_cpu_init() };
         Ok(CpuBackend {

@@ -60,6 +60,7 @@ impl Context {
     /// `ggml_init` over a pool of `mem_size` bytes allocated (zeroed) here, so that an allocation failure is an
     /// error rather than ggml's abort, and never-written tensor data reads as zeros.
     pub fn new(params: ContextParams) -> Result<Self, GgmlError> {
+        super::backend::install_log_filter();
         // SAFETY: ggml_cpu_init only fills ggml's global lookup tables (guarded by a critical section inside, so
         // calling it more than once or from several threads is fine); CPU ops need it before any compute.
         unsafe { sys::ggml_cpu_init() };

@@ -75,6 +75,7 @@ mod graph;
 mod ops;
 mod ops_attn;
 mod ops_shape;
+mod repack;
 pub mod rows;
 mod tensor;
 
@@ -84,6 +85,7 @@ pub use custom::{CustomOpCtx, DstRows};
 pub use graph::Graph;
 pub use ops::{Prec, SortOrder};
 pub use ops_attn::{RopeMode, RopeParams};
+pub use repack::repackable;
 pub use tensor::Tensor;
 
 use crate::gguf::GgmlType;

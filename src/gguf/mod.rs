@@ -134,6 +134,16 @@ impl GgufFile {
         Ok(())
     }
 
+    /// Drops this process's mapped pages of these tensors (they stay readable, from the file); used once their
+    /// data lives in a repacked copy.
+    pub fn release(&self, tensors: &[&TensorInfo]) -> std::io::Result<()> {
+        for t in tensors {
+            let start = self.header.data_offset.saturating_add(t.offset) as usize;
+            crate::ggml::mmap::release_range(&self.mmap, start, t.size as usize)?;
+        }
+        Ok(())
+    }
+
     /// Absolute file offset of a tensor's data.
     pub fn tensor_file_offset(&self, t: &TensorInfo) -> u64 {
         self.header.data_offset.saturating_add(t.offset)

@@ -7,6 +7,7 @@
 mod budget;
 mod hparams;
 pub mod kv_cache;
+mod repack;
 mod session;
 pub mod smallthinker;
 pub mod tensors;

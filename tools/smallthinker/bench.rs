@@ -94,8 +94,8 @@ fn check_flags(a: &BenchArgs) -> anyhow::Result<()> {
 pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     check_flags(a)?;
     let file = common::open(&a.model, &a.session)?;
-    let wctx = Model::context(&file)?;
-    let model = Model::load(&wctx, &file)?;
+    let (wctx, rctx) = (Model::context(&file)?, Model::context(&file)?);
+    let model = common::load(&file, &wctx, &rctx, &a.session)?;
     let hp = &model.hp;
     let total = u64::from(a.depth) + u64::from(a.prompt) + u64::from(a.gen);
     if total > u64::from(hp.n_ctx_train) {

@@ -49,8 +49,8 @@ fn install_ctrlc(generating: Arc<AtomicBool>, interrupt: Arc<AtomicBool>) -> any
 
 pub fn run(args: &ChatArgs) -> anyhow::Result<()> {
     let file = common::open(&args.model, &args.session)?;
-    let wctx = Model::context(&file)?;
-    let model = Model::load(&wctx, &file)?;
+    let (wctx, rctx) = (Model::context(&file)?, Model::context(&file)?);
+    let model = common::load(&file, &wctx, &rctx, &args.session)?;
     let (spec, tok) = load_tokenizer(&file)?;
     let template = ChatTemplate::for_vocab(&spec)?;
     let kctx = KvCache::context(&model.hp)?;

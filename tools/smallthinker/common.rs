@@ -62,7 +62,8 @@ pub struct SessionArgs {
     /// Run the MoE with plain ggml ops (mul_mat_id), as llama.cpp does, instead of the sparse path.
     #[arg(long)]
     pub dense: bool,
-    /// Type of the sparse path's neuron-major down copy (auto: Q8_0 for quantized models, F32 for float ones).
+    /// How the sparse op reads ffn_down: auto/native use the GGUF's layout (exact, no copy); q8_0, q4_0 and
+    /// f32 build a neuron-major copy of that type whose rows are read only for active neurons.
     #[arg(long, value_enum, default_value = "auto")]
     pub moe_down: MoeDownArg,
     /// Cap on the memory the process holds (e.g. 1G, 800M; binary units): expert weights are then read from the
@@ -75,6 +76,9 @@ pub struct SessionArgs {
     /// Concurrent expert reads with --mem-budget.
     #[arg(long, default_value_t = 4, requires = "mem_budget")]
     pub io_threads: usize,
+    /// Keep the dense Q4_0 matrices in the file's layout instead of ggml's repacked one (llama.cpp's --no-repack).
+    #[arg(long)]
+    pub no_repack: bool,
     /// Per token: the expert cache's hit rate, bytes read, I/O wait and prefetch coverage (with --mem-budget),
     /// and the share of active expert neurons.
     #[arg(long)]
@@ -190,6 +194,28 @@ pub fn open(path: &Path, args: &SessionArgs) -> anyhow::Result<GgufFile> {
         let _ = file.prefault();
     }
     Ok(file)
+}
+
+/// Loads the model from `file` into `wctx`, with its dense Q4_0 matrices repacked into `rctx` (both from
+/// `Model::context`) unless --no-repack or --mem-budget (whose accounting counts the mapped dense weights).
+pub fn load<'a>(
+    file: &'a GgufFile,
+    wctx: &'a smallthinker::ggml::Context,
+    rctx: &'a smallthinker::ggml::Context,
+    args: &SessionArgs,
+) -> anyhow::Result<Model<'a>> {
+    let model = Model::load(wctx, file)?;
+    if args.no_repack || args.mem_budget.is_some() {
+        return Ok(model);
+    }
+    let (model, bytes) = model.repacked(rctx)?;
+    if bytes > 0 {
+        eprintln!(
+            "repacked {:.0} MiB of dense Q4_0 weights (8-row interleave)",
+            bytes as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(model)
 }
 
 /// The context length `args` asks for, checked.

@@ -32,8 +32,8 @@ pub struct LogitsArgs {
 
 pub fn run(args: &LogitsArgs) -> anyhow::Result<()> {
     let file = common::open(&args.model, &args.session)?;
-    let wctx = Model::context(&file)?;
-    let model = Model::load(&wctx, &file)?;
+    let (wctx, rctx) = (Model::context(&file)?, Model::context(&file)?);
+    let model = common::load(&file, &wctx, &rctx, &args.session)?;
     let hp = &model.hp;
     let n_ctx = common::n_ctx(&args.session, &model)?;
     if args.tokens.len() > n_ctx as usize {

@@ -36,8 +36,8 @@ pub fn nll(logits: &[f32], target: u32) -> f64 {
 pub fn run(args: &PerplexityArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
     let file = common::open(&args.model, &args.session)?;
-    let wctx = Model::context(&file)?;
-    let model = Model::load(&wctx, &file)?;
+    let (wctx, rctx) = (Model::context(&file)?, Model::context(&file)?);
+    let model = common::load(&file, &wctx, &rctx, &args.session)?;
     let (_, tok) = load_tokenizer(&file)?;
     let n_ctx = common::n_ctx(&args.session, &model)? as usize;
     if n_ctx < 4 {

@@ -185,8 +185,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         bail!("the prompt is empty (-p)");
     }
     let file = common::open(&args.model, &args.session)?;
-    let wctx = Model::context(&file)?;
-    let model = Model::load(&wctx, &file)?;
+    let (wctx, rctx) = (Model::context(&file)?, Model::context(&file)?);
+    let model = common::load(&file, &wctx, &rctx, &args.session)?;
     let (spec, tok) = load_tokenizer(&file)?;
     let text = if args.chat {
         let template = ChatTemplate::for_vocab(&spec)?;

@@ -1,0 +1,81 @@
+//! The dense matrices in ggml's repacked layout (`crate::ggml::repackable`): attention projections, router and
+//! output move into a CPU_REPACK buffer, whose AVX2 kernels multiply eight interleaved rows at a time, and their
+//! mapped pages are released, so the process holds one copy of each (llama.cpp keeps both). Experts stay in
+//! the file's layout: the sparse expert op reads their rows directly.
+
+use super::{LayerWeights, LoadError, Model};
+use crate::ggml::{repackable, Context, Tensor};
+
+impl<'w> Model<'w> {
+    /// This model with every repackable dense matrix in a CPU_REPACK buffer of `ctx` (a `no_alloc` context with
+    /// room for them, e.g. another [`Model::context`]); returns it and the bytes moved (0 when ggml has no repacked
+    /// form here, e.g. for Q8_0 or F32 files or without AVX2: then the tensors are the mapped ones).
+    pub fn repacked<'r>(&self, ctx: &'r Context) -> Result<(Model<'r>, u64), LoadError>
+    where
+        'w: 'r,
+    {
+        let eligible = |t: Tensor<'_>| repackable(t.ty(), &t.ne()[..2]) && t.ne()[2] == 1 && t.ne()[3] == 1;
+        // Every dense matrix a mul_mat reads: (original, copy in ctx).
+        let mut moved: Vec<(Tensor<'w>, Tensor<'r>)> = Vec::new();
+        let mut copy = |t: Tensor<'w>| -> Tensor<'r> {
+            if !eligible(t) {
+                return t;
+            }
+            let ne = t.ne();
+            let c = ctx.new_tensor(t.ty(), &ne[..2]).set_name(&t.name());
+            moved.push((t, c));
+            c
+        };
+        let mut layers: Vec<LayerWeights<'r>> = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            let mut n: LayerWeights<'r> = *l;
+            n.attn.wq = copy(l.attn.wq);
+            n.attn.wk = copy(l.attn.wk);
+            n.attn.wv = copy(l.attn.wv);
+            n.attn.wo = copy(l.attn.wo);
+            n.ffn_gate_inp = copy(l.ffn_gate_inp);
+            layers.push(n);
+        }
+        // Tied: the embedding stays mapped for get_rows and the lm_head gets its own repacked copy.
+        let output = copy(self.output);
+        if moved.is_empty() || !ctx.alloc_repack_buffer()? {
+            return Ok((self.reborrow(), 0));
+        }
+        let mut bytes = 0u64;
+        let mut release = Vec::new();
+        for (orig, c) in &moved {
+            let name = orig.name();
+            let info = self
+                .file
+                .tensor(&name)
+                .expect("a loaded model's tensors are in its file");
+            c.set_repacked(self.file.tensor_data(info))?;
+            bytes += info.size;
+            if !(self.tied && name == "token_embd.weight") {
+                release.push(info);
+            }
+        }
+        // Only memory: a kernel refusing the advice leaves the pages resident.
+        let _ = self.file.release(&release);
+        let mut m = self.reborrow();
+        m.layers = layers;
+        m.output = output;
+        Ok((m, bytes))
+    }
+
+    /// The same tensors with a shorter lifetime.
+    fn reborrow<'r>(&self) -> Model<'r>
+    where
+        'w: 'r,
+    {
+        Model {
+            hp: self.hp.clone(),
+            tok_embd: self.tok_embd,
+            output_norm: self.output_norm,
+            output: self.output,
+            tied: self.tied,
+            layers: self.layers.clone(),
+            file: self.file,
+        }
+    }
+}
