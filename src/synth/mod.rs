@@ -4,7 +4,8 @@
 //!
 //! Weights are seeded and deterministic: every tensor draws from its own stream (seed mixed with the tensor name),
 //! so the bytes do not depend on sharding. Matrices ~ N(0, 0.02), norms ~ 1 + N(0, 0.02)·2.5. With a routing
-//! skew the router rows of a few "hot" experts per layer are scaled up ([`skew`]).
+//! skew a few values are overwritten after they are drawn (so every other value stays): the routers read a
+//! reserved part of the residual stream and favour a few "hot" experts per layer ([`skew`]).
 //!
 //! The same values can go to safetensors files ([`synth`]) or, without them, straight into the converter
 //! ([`SynthSource`], `synth --gguf-only`), which is how the 12 GB 21B shape is made without a 42 GB checkpoint.
@@ -18,12 +19,14 @@ pub mod vocab;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
 pub use config::{base_config, config_with_overrides, Shape};
 pub use rng::Rng;
+use skew::RouteDims;
 pub use source::SynthSource;
 pub use tokenizer::{tokenizer_config_json, tokenizer_json, QWEN2_SPLIT_REGEX};
 pub use vocab::{Vocab, VocabError};
@@ -76,8 +79,8 @@ pub enum SynthError {
     Config { key: &'static str, why: String },
     #[error(transparent)]
     Vocab(#[from] VocabError),
-    #[error("--routing-skew {0}: must be in [0, 1)")]
-    BadSkew(f32),
+    #[error("--routing-skew {skew}: {why}")]
+    BadSkew { skew: f32, why: String },
 }
 
 /// One tensor to generate.
@@ -87,16 +90,28 @@ pub struct SynthTensor {
     /// PyTorch order (`[out_features, in_features]`).
     pub shape: Vec<u64>,
     kind: Init,
+    edit: Edit,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 enum Init {
     /// N(0, 0.02), stream keyed by this name (so tied lm_head can reuse the embedding's stream).
     Matrix(&'static str),
     Norm,
-    /// A router matrix with a skew: N(0, 0.02) with row `e` (expert e) multiplied by `row_scale[e]`.
+}
+
+/// Values overwritten after drawing, for a routing skew (`skew` module docs); rows and columns in PyTorch order.
+#[derive(Clone, Debug)]
+enum Edit {
+    None,
+    /// Columns in the range set to the value (the embedding's bias block).
+    Columns(Range<u64>, f32),
+    /// Rows in the range zeroed (o_proj, expert down: the residual dims no layer may write).
+    ZeroRows(Range<u64>),
+    /// A router: only `dims.route` columns kept, `dims.bias` columns set to `bias_weight[row]`, the rest 0.
     Router {
-        row_scale: Vec<f32>,
+        dims: RouteDims,
+        bias_weight: Vec<f32>,
     },
 }
 
@@ -108,15 +123,19 @@ fn get_u64(c: &Map<String, Value>, key: &'static str) -> Result<u64, SynthError>
 }
 
 /// The tensors of a config, in state-dict order (embedding, layers, final norm, lm_head). `routing_skew` > 0
-/// scales the hot experts' router rows ([`skew::router_row_scale`], hot set drawn from `seed`).
+/// reserves residual dims for the routers and favours hot experts (hot set drawn from `seed`; [`skew`]).
 pub fn tensor_list(
     c: &Map<String, Value>,
     lm_head: bool,
     seed: u64,
     routing_skew: f32,
 ) -> Result<Vec<SynthTensor>, SynthError> {
+    let bad = |why: String| SynthError::BadSkew {
+        skew: routing_skew,
+        why,
+    };
     if !(0.0..1.0).contains(&routing_skew) {
-        return Err(SynthError::BadSkew(routing_skew));
+        return Err(bad("must be in [0, 1)".into()));
     }
     let h = get_u64(c, "hidden_size")?;
     let n_layer = get_u64(c, "num_hidden_layers")?;
@@ -127,42 +146,60 @@ pub fn tensor_list(
     let n_expert = get_u64(c, "moe_num_primary_experts")?;
     let n_ff = get_u64(c, "moe_ffn_hidden_size")?;
     let tied = c.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(true);
+    let dims = match routing_skew > 0.0 {
+        true => Some(RouteDims::of(h).map_err(bad)?),
+        false => None,
+    };
     let m = |name: String, shape: Vec<u64>| SynthTensor {
         name,
         shape,
         kind: Init::Matrix(""),
+        edit: Edit::None,
     };
     let norm = |name: String| SynthTensor {
         name,
         shape: vec![h],
         kind: Init::Norm,
+        edit: Edit::None,
     };
-    let mut v = vec![m("model.embed_tokens.weight".into(), vec![n_vocab, h])];
+    let zero_rows = |mut t: SynthTensor| {
+        if let Some(d) = &dims {
+            t.edit = Edit::ZeroRows(d.reserved());
+        }
+        t
+    };
+    let embed_edit = match &dims {
+        Some(d) => Edit::Columns(d.bias.clone(), skew::EMBED_BIAS),
+        None => Edit::None,
+    };
+    let mut v = vec![SynthTensor {
+        edit: embed_edit.clone(),
+        ..m("model.embed_tokens.weight".into(), vec![n_vocab, h])
+    }];
     for il in 0..n_layer {
         let p = format!("model.layers.{il}");
         v.push(norm(format!("{p}.input_layernorm.weight")));
         v.push(m(format!("{p}.self_attn.q_proj.weight"), vec![n_head * hd, h]));
         v.push(m(format!("{p}.self_attn.k_proj.weight"), vec![n_kv * hd, h]));
         v.push(m(format!("{p}.self_attn.v_proj.weight"), vec![n_kv * hd, h]));
-        v.push(m(format!("{p}.self_attn.o_proj.weight"), vec![h, n_head * hd]));
+        v.push(zero_rows(m(
+            format!("{p}.self_attn.o_proj.weight"),
+            vec![h, n_head * hd],
+        )));
         v.push(norm(format!("{p}.post_attention_layernorm.weight")));
-        let router = format!("{p}.block_sparse_moe.primary_router.weight");
-        if routing_skew > 0.0 {
-            v.push(SynthTensor {
-                name: router,
-                shape: vec![n_expert, h],
-                kind: Init::Router {
-                    row_scale: skew::router_row_scale(seed, il, n_expert, routing_skew),
-                },
-            });
-        } else {
-            v.push(m(router, vec![n_expert, h]));
+        let mut router = m(format!("{p}.block_sparse_moe.primary_router.weight"), vec![n_expert, h]);
+        if let Some(d) = &dims {
+            router.edit = Edit::Router {
+                bias_weight: skew::router_bias_weights(d, seed, il, n_expert, routing_skew),
+                dims: d.clone(),
+            };
         }
+        v.push(router);
         for e in 0..n_expert {
             let q = format!("{p}.block_sparse_moe.experts.{e}");
             v.push(m(format!("{q}.gate.weight"), vec![n_ff, h]));
             v.push(m(format!("{q}.up.weight"), vec![n_ff, h]));
-            v.push(m(format!("{q}.down.weight"), vec![h, n_ff]));
+            v.push(zero_rows(m(format!("{q}.down.weight"), vec![h, n_ff])));
         }
     }
     v.push(norm("model.norm.weight".into()));
@@ -172,6 +209,8 @@ pub fn tensor_list(
             name: "lm_head.weight".into(),
             shape: vec![n_vocab, h],
             kind,
+            // A tied head stays the embedding; an untied one is an ordinary matrix.
+            edit: if tied { embed_edit } else { Edit::None },
         });
     }
     Ok(v)
@@ -194,7 +233,7 @@ impl SynthTensor {
 
     /// The generator of this tensor's values, positioned at its first element.
     fn stream(&self, seed: u64) -> ValueStream<'_> {
-        let key = match &self.kind {
+        let key = match self.kind {
             Init::Matrix(s) if !s.is_empty() => s,
             _ => self.name.as_str(),
         };
@@ -241,14 +280,36 @@ impl ValueStream<'_> {
     fn fill(&mut self, n: usize, out: &mut Vec<f32>) {
         out.clear();
         out.reserve(n);
-        match &self.t.kind {
+        match self.t.kind {
             Init::Matrix(_) => out.extend((0..n).map(|_| 0.02 * self.rng.normal())),
             Init::Norm => out.extend((0..n).map(|_| 1.0 + 0.05 * self.rng.normal())),
-            Init::Router { row_scale } => {
-                let row_len = self.t.shape[1];
-                for i in 0..n as u64 {
-                    let row = ((self.pos + i) / row_len) as usize;
-                    out.push(0.02 * self.rng.normal() * row_scale[row]);
+        }
+        let row_len = self.t.shape.last().copied().unwrap_or(1);
+        let at = |i: usize| ((self.pos + i as u64) / row_len, (self.pos + i as u64) % row_len);
+        match &self.t.edit {
+            Edit::None => {}
+            Edit::Columns(cols, value) => {
+                for (i, x) in out.iter_mut().enumerate() {
+                    if cols.contains(&at(i).1) {
+                        *x = *value;
+                    }
+                }
+            }
+            Edit::ZeroRows(rows) => {
+                for (i, x) in out.iter_mut().enumerate() {
+                    if rows.contains(&at(i).0) {
+                        *x = 0.0;
+                    }
+                }
+            }
+            Edit::Router { dims, bias_weight } => {
+                for (i, x) in out.iter_mut().enumerate() {
+                    let (row, col) = at(i);
+                    if dims.bias.contains(&col) {
+                        *x = bias_weight[row as usize];
+                    } else if !dims.route.contains(&col) {
+                        *x = 0.0;
+                    }
                 }
             }
         }
