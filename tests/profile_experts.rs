@@ -225,3 +225,73 @@ fn cli_writes_the_profile_and_refuses_bad_input() {
 fn text_of(n: usize) -> String {
     text().repeat(n)
 }
+
+/// A skewed synthetic model (synth --routing-skew, written straight to GGUF): the profile finds the generator's
+/// hot experts as each layer's most selected ones, and they take most selections.
+#[test]
+fn skewed_synthetic_model_routes_to_its_hot_experts() {
+    use smallthinker::convert::{convert_from, ConvertParams, OutType};
+    use smallthinker::synth::skew::hot_experts;
+    use smallthinker::synth::{synth_meta, Shape, SynthDtype, SynthParams};
+
+    let dir = tempfile::tempdir().unwrap();
+    let serde_json::Value::Object(overrides) = serde_json::json!({
+        "hidden_size": 128, "moe_num_primary_experts": 16, "moe_num_active_primary_experts": 2,
+    }) else {
+        unreachable!()
+    };
+    let p = SynthParams {
+        shape: Shape::Tiny,
+        overrides,
+        seed: 3,
+        dtype: SynthDtype::Bf16,
+        shards: None,
+        lm_head: true,
+        vocab_gguf: Path::new(env!("CARGO_MANIFEST_DIR")).join("vendor/qwen2-vocab/ggml-vocab-qwen2.gguf"),
+        routing_skew: 0.25,
+    };
+    let (source, _) = synth_meta(&dir.path().join("m"), &p).unwrap();
+    let gguf = dir.path().join("m.gguf");
+    let cp = ConvertParams {
+        input: dir.path().join("m"),
+        output: gguf.clone(),
+        out_type: OutType::F32,
+        n_threads: 1,
+    };
+    convert_from(&cp, &source, &mut |_| {}).unwrap();
+
+    let file = GgufFile::open(&gguf).unwrap();
+    let wctx = Model::context(&file).unwrap();
+    let model = Model::load(&wctx, &file).unwrap();
+    let toks = tokens(&file);
+    let kctx = KvCache::context(&model.hp).unwrap();
+    let kv = KvCache::new(
+        &kctx,
+        &model.hp,
+        KvParams {
+            n_ctx: 128,
+            n_batch: 64,
+            ty: KvType::F32,
+        },
+    )
+    .unwrap();
+    let params = SessionParams {
+        n_threads: 1,
+        sparse_max_batch: 64,
+        ..Default::default()
+    };
+    let mut s = Session::new(&model, kv, params).unwrap();
+    let prof = profile_tokens(&mut s, "m.gguf", &model.hp, &toks).unwrap();
+    for il in 0..model.hp.n_layer as usize {
+        let hot = hot_experts(3, il as u64, 16, 0.25);
+        let mut found: Vec<u64> = prof.hottest(il, 4).into_iter().map(u64::from).collect();
+        found.sort_unstable();
+        assert_eq!(found, hot, "layer {il}: counts {:?}", prof.counts[il]);
+        let hot_share =
+            hot.iter().map(|&e| prof.counts[il][e as usize]).sum::<u64>() as f64 / (prof.n_tokens * 2) as f64;
+        assert!(
+            hot_share > 0.7,
+            "layer {il}: hot experts took {hot_share:.2} of the selections"
+        );
+    }
+}
