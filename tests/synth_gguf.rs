@@ -24,6 +24,7 @@ fn params(dtype: SynthDtype, shards: Option<usize>, skew: f32, config: Value) ->
         lm_head: true,
         vocab_gguf: convert_util::vocab_gguf(),
         routing_skew: skew,
+        token_routing: false,
     }
 }
 
@@ -83,6 +84,12 @@ fn direct_gguf_is_byte_identical_to_checkpoint_then_convert() {
         assert!(a.len() > 100_000, "case {i}: {} bytes", a.len());
         assert!(a == b, "case {i}: GGUF differs ({} vs {} bytes)", a.len(), b.len());
     }
+    // Token routing without a skew.
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = params(SynthDtype::Bf16, Some(2), 0.0, json!({"hidden_size": 128}));
+    p.token_routing = true;
+    let (a, b) = both(dir.path(), &p, OutType::Q8_0);
+    assert!(a == b, "token routing: GGUF differs");
 }
 
 /// The skew's edits, read back from the safetensors against the uniform model of the same seed: routers keep only
@@ -95,6 +102,7 @@ fn skew_edits_only_the_routing_parts() {
     let cfg = json!({"moe_num_primary_experts": 16, "moe_num_active_primary_experts": 2, "hidden_size": h});
     let (skewed, uniform) = (dir.path().join("s"), dir.path().join("u"));
     synth(&skewed, &params(SynthDtype::F32, None, 0.25, cfg.clone())).unwrap();
+    let cfg_t = cfg.clone();
     synth(&uniform, &params(SynthDtype::F32, None, 0.0, cfg)).unwrap();
     let (hs, ds) = convert_util::read_st(&skewed.join("model.safetensors"));
     let (hu, du) = convert_util::read_st(&uniform.join("model.safetensors"));
@@ -152,6 +160,18 @@ fn skew_edits_only_the_routing_parts() {
     }
     let other = "model.layers.0.self_attn.q_proj.weight";
     assert_eq!(get(&hs, &ds, other), get(&hu, &du, other));
+    // Token routing without a skew: the same layout, no expert reads the bias block.
+    let token = dir.path().join("t");
+    let mut p = params(SynthDtype::F32, None, 0.0, cfg_t);
+    p.token_routing = true;
+    synth(&token, &p).unwrap();
+    let (ht, dt) = convert_util::read_st(&token.join("model.safetensors"));
+    let name = "model.layers.1.block_sparse_moe.primary_router.weight";
+    let (rt, rs) = (get(&ht, &dt, name), get(&hs, &ds, name));
+    for (i, (a, b)) in rt.iter().zip(&rs).enumerate() {
+        let col = at(i).1;
+        assert_eq!(*a, if dims.bias.contains(&col) { 0.0 } else { *b }, "col {col}");
+    }
     assert_eq!(hs.len(), hu.len());
 }
 

@@ -68,6 +68,10 @@ pub struct SynthParams {
     /// Share of each layer's experts made "hot" (their router rows scaled, see [`skew`]); 0 = uniform routing,
     /// the weights of before the option existed.
     pub routing_skew: f32,
+    /// Route on the reserved token dims (as a skew does) even without a skew: near-uniform routing. Without it
+    /// and without a skew, the routers read the whole residual stream, whose common component sends most
+    /// tokens to a few arbitrary experts per layer (the weights of before these options existed).
+    pub token_routing: bool,
 }
 
 /// Why synthesis failed.
@@ -123,12 +127,14 @@ fn get_u64(c: &Map<String, Value>, key: &'static str) -> Result<u64, SynthError>
 }
 
 /// The tensors of a config, in state-dict order (embedding, layers, final norm, lm_head). `routing_skew` > 0
-/// reserves residual dims for the routers and favours hot experts (hot set drawn from `seed`; [`skew`]).
+/// reserves residual dims for the routers and favours hot experts (hot set drawn from `seed`; [`skew`]);
+/// `token_routing` reserves them without hot experts.
 pub fn tensor_list(
     c: &Map<String, Value>,
     lm_head: bool,
     seed: u64,
     routing_skew: f32,
+    token_routing: bool,
 ) -> Result<Vec<SynthTensor>, SynthError> {
     let bad = |why: String| SynthError::BadSkew {
         skew: routing_skew,
@@ -146,7 +152,7 @@ pub fn tensor_list(
     let n_expert = get_u64(c, "moe_num_primary_experts")?;
     let n_ff = get_u64(c, "moe_ffn_hidden_size")?;
     let tied = c.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(true);
-    let dims = match routing_skew > 0.0 {
+    let dims = match routing_skew > 0.0 || token_routing {
         true => Some(RouteDims::of(h).map_err(bad)?),
         false => None,
     };
@@ -190,7 +196,10 @@ pub fn tensor_list(
         let mut router = m(format!("{p}.block_sparse_moe.primary_router.weight"), vec![n_expert, h]);
         if let Some(d) = &dims {
             router.edit = Edit::Router {
-                bias_weight: skew::router_bias_weights(d, seed, il, n_expert, routing_skew),
+                bias_weight: match routing_skew > 0.0 {
+                    true => skew::router_bias_weights(d, seed, il, n_expert, routing_skew),
+                    false => vec![0.0; n_expert as usize],
+                },
                 dims: d.clone(),
             };
         }
@@ -434,7 +443,7 @@ struct Layout {
 impl Layout {
     fn of(p: &SynthParams) -> Result<Layout, SynthError> {
         let cfg = config_with_overrides(p.shape, &p.overrides);
-        let tensors = tensor_list(&cfg, p.lm_head, p.seed, p.routing_skew)?;
+        let tensors = tensor_list(&cfg, p.lm_head, p.seed, p.routing_skew, p.token_routing)?;
         let split = match (p.shards, p.shape) {
             (Some(n), _) => Split::Count(n),
             (None, Shape::Tiny) => Split::Count(1),

@@ -15,6 +15,8 @@
 //!   block of equal values quantises exactly) and never written either: a bias channel. Hot experts' router
 //!   rows read it with a weight that adds [`HOT_BIAS`]·σ to their logits.
 //!
+//! `--token-routing` without a skew uses the same layout with no hot experts: near-uniform routing.
+//!
 //! With independent N(0, 1) logits and the hot ones shifted by 2, top-4 of 32 with 8 hot gives the hot experts
 //! a frequency of about 0.45 and the others 0.02; top-6 of 64 with 16 hot gives 0.35 and 0.01 (the most 16 hot
 //! experts can share of 6 selections per token is 6/16 = 0.375).

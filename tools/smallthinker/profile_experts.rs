@@ -58,14 +58,34 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<()> {
         add_special: true,
         parse_special: false,
     };
-    let mut tokens = tok.encode_with(&text, opts)?;
-    if let Some(n) = args.max_tokens {
-        if n == 0 {
-            bail!("-n must be positive");
+    let tokens = match args.max_tokens {
+        Some(0) => bail!("-n must be positive"),
+        Some(n) => {
+            // A whole bible tokenizes slowly: try a prefix that surely holds n tokens (a token is rarely more
+            // than 32 bytes), keeping a margin so the cut word at its end is not among the first n.
+            let mut cut = text.len().min(n.saturating_mul(32));
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let mut t = tok.encode_with(&text[..cut], opts)?;
+            if t.len() < n + 16 && cut < text.len() {
+                t = tok.encode_with(&text, opts)?;
+            }
+            t.truncate(n);
+            t
         }
-        tokens.truncate(n);
+        None => tok.encode_with(&text, opts)?,
+    };
+    if args.session.threads == Some(0) || args.session.batch == 0 || args.session.ctx == Some(0) {
+        bail!("--threads, --batch and --ctx must be positive");
     }
-    let n_ctx = common::n_ctx(&args.session, &model)?.min(tokens.len().max(1) as u32);
+    // The context is only a chunk size here; 4096 keeps the KV cache small for long texts.
+    let n_ctx = args
+        .session
+        .ctx
+        .unwrap_or(4096)
+        .min(model.hp.n_ctx_train)
+        .min(tokens.len().max(1) as u32);
     let n_batch = args.session.batch.min(n_ctx);
     let kctx = KvCache::context(&model.hp)?;
     let kv = KvCache::new(

@@ -41,6 +41,10 @@ pub struct Args {
     /// e.g. 0.25; 0 = uniform routing.
     #[arg(long, default_value_t = 0.0)]
     routing_skew: f32,
+    /// Routers read only the token's own embedding dims (implied by --routing-skew): with no skew, near-uniform
+    /// routing. Without either, a random model's residual stream sends most tokens to a few arbitrary experts.
+    #[arg(long)]
+    token_routing: bool,
     /// Quantization threads for --gguf (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -66,6 +70,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         lm_head: !a.no_lm_head,
         vocab_gguf: a.vocab,
         routing_skew: a.routing_skew,
+        token_routing: a.token_routing,
     };
     if a.gguf_only {
         let out = a.gguf.as_ref().expect("clap: --gguf-only requires --gguf");
