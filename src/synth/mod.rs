@@ -152,9 +152,10 @@ pub fn tensor_list(
     let n_expert = get_u64(c, "moe_num_primary_experts")?;
     let n_ff = get_u64(c, "moe_ffn_hidden_size")?;
     let tied = c.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(true);
-    let dims = match routing_skew > 0.0 || token_routing {
-        true => Some(RouteDims::of(h).map_err(bad)?),
-        false => None,
+    let dims = if routing_skew > 0.0 || token_routing {
+        Some(RouteDims::of(h).map_err(bad)?)
+    } else {
+        None
     };
     let m = |name: String, shape: Vec<u64>| SynthTensor {
         name,
@@ -196,9 +197,10 @@ pub fn tensor_list(
         let mut router = m(format!("{p}.block_sparse_moe.primary_router.weight"), vec![n_expert, h]);
         if let Some(d) = &dims {
             router.edit = Edit::Router {
-                bias_weight: match routing_skew > 0.0 {
-                    true => skew::router_bias_weights(d, seed, il, n_expert, routing_skew),
-                    false => vec![0.0; n_expert as usize],
+                bias_weight: if routing_skew > 0.0 {
+                    skew::router_bias_weights(d, seed, il, n_expert, routing_skew)
+                } else {
+                    vec![0.0; n_expert as usize]
                 },
                 dims: d.clone(),
             };
