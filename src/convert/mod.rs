@@ -19,7 +19,7 @@ use std::path::PathBuf;
 pub use config::HfConfig;
 pub use error::ConvertError;
 pub use names::{plan, Kind, Planned};
-pub use safetensors::{Checkpoint, Dtype, SourceTensor};
+pub use safetensors::{Checkpoint, Dtype, SourceTensor, TensorSource};
 pub use tokenizer::TokenizerMeta;
 pub use types::{tensor_type, OutType};
 
@@ -74,10 +74,37 @@ struct Job {
 
 /// Converts `p.input` into `p.output`. On error no output file is left behind.
 pub fn convert(p: &ConvertParams, progress: &mut dyn FnMut(Progress)) -> Result<ConvertReport, ConvertError> {
+    run(p, None, progress)
+}
+
+/// [`convert`] with the weights taken from `ck` instead of `p.input`'s safetensors files (config, tokenizer and
+/// generation config still come from `p.input`).
+pub fn convert_from(
+    p: &ConvertParams,
+    ck: &dyn TensorSource,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<ConvertReport, ConvertError> {
+    run(p, Some(ck), progress)
+}
+
+/// The conversion; `source` None opens `p.input`'s safetensors after config and tokenizer (so that their errors
+/// come first).
+fn run(
+    p: &ConvertParams,
+    source: Option<&dyn TensorSource>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<ConvertReport, ConvertError> {
     let cfg = HfConfig::load(&p.input.join("config.json"))?;
     let tok = TokenizerMeta::load(&p.input, &cfg)?;
-    let ck = Checkpoint::open(&p.input)?;
-    let planned = plan(&ck, &cfg)?;
+    let opened;
+    let ck: &dyn TensorSource = match source {
+        Some(s) => s,
+        None => {
+            opened = Checkpoint::open(&p.input)?;
+            &opened
+        }
+    };
+    let planned = plan(ck, &cfg)?;
     let has_output = planned.iter().any(|t| t.kind == Kind::Output);
     let mut jobs: Vec<Job> = planned
         .into_iter()
@@ -141,7 +168,7 @@ pub fn convert(p: &ConvertParams, progress: &mut dyn FnMut(Progress)) -> Result<
             ty: j.ty,
             bytes: info.size,
         });
-        write_tensor(&ck, j, n_threads, &mut bufs, out, &p.output, progress)
+        write_tensor(ck, j, n_threads, &mut bufs, out, &p.output, progress)
     });
     match r {
         Ok(()) => {}
@@ -197,7 +224,7 @@ struct Buffers {
 
 /// Streams one GGUF tensor: every source (one per expert when stacked) in row chunks, converted to `j.ty`.
 fn write_tensor(
-    ck: &Checkpoint,
+    ck: &dyn TensorSource,
     j: &Job,
     n_threads: usize,
     b: &mut Buffers,
@@ -208,7 +235,7 @@ fn write_tensor(
     let row_len = j.planned.dims[0];
     let row_bytes = j.ty.row_bytes(row_len).expect("type chosen to fit the row length") as usize;
     for &si in &j.planned.sources {
-        let t = &ck.tensors[si];
+        let t = &ck.tensors()[si];
         let n_rows = t.n_elements() / row_len;
         let step = (CHUNK_ELEMS / row_len).max(1);
         let mut row = 0;

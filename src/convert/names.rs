@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use super::config::HfConfig;
 use super::error::ConvertError;
-use super::safetensors::Checkpoint;
+use super::safetensors::TensorSource;
 
 /// What a GGUF tensor is, for the type rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,7 +29,7 @@ pub struct Planned {
     /// ggml order (`ne[0]` first = HF `in_features`).
     pub dims: Vec<u64>,
     pub kind: Kind,
-    /// Indexes into `Checkpoint::tensors`, concatenated in this order (one per expert for stacked tensors).
+    /// Indexes into `TensorSource::tensors`, concatenated in this order (one per expert for stacked tensors).
     pub sources: Vec<usize>,
 }
 
@@ -113,18 +113,18 @@ fn check_shape(tensor: &str, got: &[u64], expected: Vec<u64>) -> Result<(), Conv
 }
 
 /// Builds the GGUF tensor list from the checkpoint, checking names, shapes and completeness.
-pub fn plan(ck: &Checkpoint, c: &HfConfig) -> Result<Vec<Planned>, ConvertError> {
+pub fn plan(ck: &dyn TensorSource, c: &HfConfig) -> Result<Vec<Planned>, ConvertError> {
     let mut out = vec![];
     // layer -> (expert, w) -> source index
     let mut experts: BTreeMap<u64, BTreeMap<(u64, usize), usize>> = BTreeMap::new();
-    for (i, t) in ck.tensors.iter().enumerate() {
+    for (i, t) in ck.tensors().iter().enumerate() {
         if ignored(&t.name) {
             continue;
         }
         let Some(m) = map_name(&t.name, c) else {
             return Err(ConvertError::UnmappedTensor {
                 tensor: t.name.clone(),
-                path: ck.files[t.file].0.clone(),
+                path: ck.origin(t).to_path_buf(),
             });
         };
         match m {

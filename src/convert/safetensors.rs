@@ -55,6 +55,28 @@ impl SourceTensor {
     }
 }
 
+/// Where the converter's source tensors come from: a checkpoint's safetensors files ([`Checkpoint`]), or a
+/// generator that produces the same values without them (`synth --gguf-only`).
+pub trait TensorSource {
+    /// Every tensor, in llama.cpp's converter order (files sorted by name, tensors sorted by name within each).
+    fn tensors(&self) -> &[SourceTensor];
+
+    /// The file a tensor is attributed to in error messages.
+    fn origin(&self, t: &SourceTensor) -> &Path;
+
+    /// Reads `n_rows` rows of `row_len` elements starting at `row` of tensor `t` (flattened to 2-D) into `out`
+    /// as f32 (`raw` is scratch for the stored bytes).
+    fn read_rows_f32(
+        &self,
+        t: &SourceTensor,
+        row: u64,
+        n_rows: u64,
+        row_len: u64,
+        raw: &mut Vec<u8>,
+        out: &mut Vec<f32>,
+    ) -> Result<(), ConvertError>;
+}
+
 /// The safetensors files of a checkpoint, opened, with every tensor's location.
 pub struct Checkpoint {
     pub files: Vec<(PathBuf, File)>,
@@ -251,10 +273,19 @@ impl Checkpoint {
         }
         Ok(Checkpoint { files, tensors })
     }
+}
 
-    /// Reads `n_rows` rows of `row_len` elements starting at `row` of tensor `t` (flattened to 2-D) into `out`
-    /// as f32. bf16 and f16 widen exactly.
-    pub fn read_rows_f32(
+impl TensorSource for Checkpoint {
+    fn tensors(&self) -> &[SourceTensor] {
+        &self.tensors
+    }
+
+    fn origin(&self, t: &SourceTensor) -> &Path {
+        &self.files[t.file].0
+    }
+
+    /// bf16 and f16 widen exactly.
+    fn read_rows_f32(
         &self,
         t: &SourceTensor,
         row: u64,

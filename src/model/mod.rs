@@ -7,8 +7,9 @@
 mod budget;
 mod hparams;
 pub mod kv_cache;
+pub mod profile;
 mod repack;
-mod session;
+pub mod session;
 pub mod smallthinker;
 pub mod tensors;
 pub mod weights;
@@ -16,6 +17,7 @@ pub mod weights;
 pub use budget::{resident_bytes, BudgetError, BudgetParams, BudgetReport};
 pub use hparams::{keys, Gating, Hparams, MoeParams, NO_ROPE_LAYER_STEP, N_SWA, SWA_PATTERN, WEIGHTS_SUM_MIN};
 pub use kv_cache::{BatchCells, BatchPlan, KvCache, KvLayout, KvParams, KvType};
+pub use profile::{profile_tokens, ExpertProfile, ProfileError};
 pub use session::{EvalError, MoeSetup, Rows, Session, SessionParams, Traced};
 pub use tensors::{TensorKind, TensorSpec, Weight};
 pub use weights::{LayerWeights, LoadError, Model};

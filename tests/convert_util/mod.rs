@@ -23,6 +23,8 @@ pub fn tiny(dir: &Path, seed: u64, dtype: SynthDtype, shards: Option<usize>, lm_
         shards,
         lm_head,
         vocab_gguf: vocab_gguf(),
+        routing_skew: 0.0,
+        token_routing: false,
     };
     synth(dir, &p).expect("synth");
 }

@@ -11,6 +11,7 @@ mod convert;
 mod inspect;
 mod logits;
 mod perplexity;
+mod profile_experts;
 mod run;
 mod serve;
 mod synth;
@@ -42,6 +43,8 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Perplexity of a text file, as llama-perplexity computes it.
     Perplexity(perplexity::PerplexityArgs),
+    /// Count per layer how often each expert is selected on a text (JSON profile for the expert cache).
+    ProfileExperts(profile_experts::ProfileArgs),
     /// Prefill and decode speed on a fixed workload (the one tools/ref/llama_speed.py runs on llama.cpp).
     Bench(bench::BenchArgs),
     /// OpenAI-compatible HTTP server with a chat page.
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Chat(args) => chat::run(&args),
         Command::Perplexity(args) => perplexity::run(&args),
+        Command::ProfileExperts(args) => profile_experts::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Serve(args) => serve::run(&args),
     };
