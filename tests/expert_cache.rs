@@ -313,3 +313,43 @@ fn a_file_replaced_since_it_was_opened_is_detected() {
     );
     assert!(matches!(r, Err(ExpertReadError::Changed { .. })), "{r:?}");
 }
+
+#[test]
+fn pinned_experts_are_loaded_at_start_and_never_evicted() {
+    let file = GgufFile::open(Path::new(TINY)).unwrap();
+    let wctx = Model::context(&file).unwrap();
+    let model = Model::load(&wctx, &file).unwrap();
+    let kctx = KvCache::context(&model.hp).unwrap();
+    let kvp = KvParams {
+        n_ctx: 32,
+        n_batch: 8,
+        ty: KvType::F32,
+    };
+    let kv = KvCache::new(&kctx, &model.hp, kvp).unwrap();
+    let (_, r) = MoeSetup::with_budget(&model, kv.allocated_bytes(), &budget(64 << 30, CachePolicy::Lru)).unwrap();
+    // Two layers' worth of free slots plus three to pin; four asked for, so the last one is not pinned.
+    let n = 2 * u64::from(model.hp.n_expert) + 3;
+    let need = r.resident + r.kv + r.compute + (16 << 20) + n * r.slot + r.slot / 4;
+    let pins = vec![(0, 3), (5, 1), (2, 7), (4, 4)];
+    let b = BudgetParams {
+        pinned: pins.clone(),
+        ..budget((need as f64 * 32.0 / 31.0).ceil() as u64, CachePolicy::Lru)
+    };
+    let (moe, _) = MoeSetup::with_budget(&model, kv.allocated_bytes(), &b).unwrap();
+    let cache = moe.sparse().unwrap().cache().unwrap();
+    let st = cache.stats();
+    assert_eq!((st.loads, st.loads_prefetched), (3, 0), "pre-warmed, not prefetched");
+    let mut s = Session::with_moe(&model, kv, SessionParams::default(), moe.clone()).unwrap();
+    let tokens: Vec<u32> = (0..20u32).map(|i| (i * 131 + 7) % model.hp.n_vocab).collect();
+    s.eval(&tokens[..8], Rows::Last).unwrap();
+    for t in &tokens[8..] {
+        s.eval(&[*t], Rows::Last).unwrap();
+    }
+    assert!(
+        cache.stats().loads > 3 + u64::from(model.hp.n_expert),
+        "the rest of the cache turned over"
+    );
+    for &(il, e) in &pins[..3] {
+        assert!(cache.is_ready(il, e), "pinned expert ({il}, {e}) was evicted");
+    }
+}

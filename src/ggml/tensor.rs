@@ -62,6 +62,11 @@ impl<'ctx> Tensor<'ctx> {
         unsafe { self.ptr.as_ref() }
     }
 
+    /// Whether the data is borrowed host memory (a mapped file), not a buffer ggml owns.
+    pub fn is_borrowed(self) -> bool {
+        self.readonly
+    }
+
     pub(crate) fn is_readonly(self) -> bool {
         self.readonly
     }

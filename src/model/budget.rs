@@ -1,8 +1,8 @@
 //! `--mem-budget`: sizing the expert cache so that everything the process holds fits the budget.
 //!
 //! What is counted, in order: the process as it stands once the dense weights (attention, router, norms,
-//! embedding/output) are faulted in from the map (its resident set, which includes the tokenizer and the
-//! binary), the KV cache as allocated, a bound on the compute buffers of one batch, and a safety margin; the rest
+//! output; repacked copies already sit in memory, mapped ones are faulted in now) are resident (its resident
+//! set, which includes the tokenizer and the binary), the KV cache as allocated, a bound on the compute buffers of one batch, and a safety margin; the rest
 //! is expert slots, each holding one expert's three matrices as the file stores them. Expert pages are never
 //! touched through the map (its readahead is turned off), so the page cache does not hold a second copy.
 
@@ -32,8 +32,8 @@ pub struct BudgetParams {
     pub n_outputs: u32,
     /// Per (layer, expert), layer-major: selection frequencies from a profile, seeding the frequency policy.
     pub frequencies: Option<Vec<f32>>,
-    /// (layer, expert) pairs to load at start and never evict (a profile's hottest), at most the slots beyond
-    /// one layer's experts.
+    /// (layer, expert) pairs to load at start and never evict (a profile's hottest first), at most the slots
+    /// beyond two layers' experts.
     pub pinned: Vec<(u32, u32)>,
     /// Count this as the process's resident set instead of measuring it (for a process that shares the budget
     /// with other work it accounts for itself, and for tests running concurrently).
@@ -162,8 +162,9 @@ impl MoeSetup {
             path: path.clone(),
             message: e.to_string(),
         };
-        let (extents, names) = extents(model)?;
-        let dense: Vec<_> = file.tensors().iter().filter(|t| !t.name.contains("_exps.")).collect();
+        let (extents, exp_names) = extents(model)?;
+        let names = model.mapped_dense();
+        let dense: Vec<_> = names.iter().filter_map(|n| file.tensor(n)).collect();
         file.prefault_only(&dense).map_err(io)?;
         let resident = b.assume_resident.or_else(resident_bytes).unwrap_or(0);
         let compute = compute_bound(model, b.n_batch, b.n_outputs);
@@ -190,7 +191,7 @@ impl MoeSetup {
         let cache = ExpertCache::new(
             efile,
             extents,
-            names,
+            exp_names,
             n_expert,
             CacheParams {
                 n_slots,
@@ -214,7 +215,8 @@ impl MoeSetup {
         )
         .map_err(|e| BudgetError::Sparse(format!("{path}: the expert cache needs the sparse path: {e}")))?;
         let cache = sparse.cache().expect("built with a cache");
-        let room = n_slots - n_expert;
+        // Pinned slots leave at least two layers' worth for the rest, so cold experts still find slots.
+        let room = n_slots.saturating_sub(2 * n_expert);
         let keys: Vec<usize> = b
             .pinned
             .iter()

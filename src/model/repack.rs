@@ -51,9 +51,8 @@ impl<'w> Model<'w> {
                 .expect("a loaded model's tensors are in its file");
             c.set_repacked(self.file.tensor_data(info))?;
             bytes += info.size;
-            if !(self.tied && name == "token_embd.weight") {
-                release.push(info);
-            }
+            // Tied: the embedding's pages go too; get_rows faults back only the rows of the tokens it reads.
+            release.push(info);
         }
         // Only memory: a kernel refusing the advice leaves the pages resident.
         let _ = self.file.release(&release);
@@ -61,6 +60,25 @@ impl<'w> Model<'w> {
         m.layers = layers;
         m.output = output;
         Ok((m, bytes))
+    }
+
+    /// The dense (non-expert) weights the graph reads through the file's map, by name: what a memory budget
+    /// must keep resident. The embedding counts only when it is also the output matrix: get_rows touches just
+    /// the rows of the tokens seen.
+    pub fn mapped_dense(&self) -> Vec<String> {
+        let mut v: Vec<Tensor<'_>> = vec![self.output_norm, self.output];
+        for l in &self.layers {
+            v.extend([
+                l.attn_norm,
+                l.attn.wq,
+                l.attn.wk,
+                l.attn.wv,
+                l.attn.wo,
+                l.ffn_norm,
+                l.ffn_gate_inp,
+            ]);
+        }
+        v.into_iter().filter(|t| t.is_borrowed()).map(|t| t.name()).collect()
     }
 
     /// The same tensors with a shorter lifetime.

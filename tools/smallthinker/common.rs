@@ -4,7 +4,9 @@ use std::path::Path;
 use anyhow::{bail, Context as _};
 use smallthinker::gguf::{GgmlType, GgufFile};
 use smallthinker::graph::{CachePolicy, DownType};
-use smallthinker::model::{BudgetParams, KvCache, KvParams, KvType, Model, MoeSetup, Session, SessionParams};
+use smallthinker::model::{
+    BudgetParams, ExpertProfile, KvCache, KvParams, KvType, Model, MoeSetup, Session, SessionParams,
+};
 use smallthinker::sampling::SamplerParams;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -73,6 +75,10 @@ pub struct SessionArgs {
     /// Which cached expert gives way with --mem-budget: lru, or freq (least often selected).
     #[arg(long, default_value = "lru", requires = "mem_budget")]
     pub cache_policy: CachePolicy,
+    /// With --mem-budget: an expert profile (from `profile-experts`) that seeds the frequency policy and whose
+    /// hottest experts (those selected more often than uniform routing would) are loaded at start and pinned.
+    #[arg(long, requires = "mem_budget")]
+    pub expert_profile: Option<std::path::PathBuf>,
     /// Concurrent expert reads with --mem-budget.
     #[arg(long, default_value_t = 4, requires = "mem_budget")]
     pub io_threads: usize,
@@ -197,7 +203,7 @@ pub fn open(path: &Path, args: &SessionArgs) -> anyhow::Result<GgufFile> {
 }
 
 /// Loads the model from `file` into `wctx`, with its dense Q4_0 matrices repacked into `rctx` (both from
-/// `Model::context`) unless --no-repack or --mem-budget (whose accounting counts the mapped dense weights).
+/// `Model::context`) unless --no-repack.
 pub fn load<'a>(
     file: &'a GgufFile,
     wctx: &'a smallthinker::ggml::Context,
@@ -205,7 +211,7 @@ pub fn load<'a>(
     args: &SessionArgs,
 ) -> anyhow::Result<Model<'a>> {
     let model = Model::load(wctx, file)?;
-    if args.no_repack || args.mem_budget.is_some() {
+    if args.no_repack {
         return Ok(model);
     }
     let (model, bytes) = model.repacked(rctx)?;
@@ -216,6 +222,24 @@ pub fn load<'a>(
         );
     }
     Ok(model)
+}
+
+/// A profile's frequencies (layer-major, for the frequency policy) and its hot experts, hottest first: those
+/// selected more often than the uniform rate k / n_expert. The cache pins as many as it has room for.
+fn profile_pins(path: &Path, model: &Model<'_>) -> anyhow::Result<(Option<Vec<f32>>, Vec<(u32, u32)>)> {
+    let p = ExpertProfile::load(path)?;
+    p.check_model(&model.hp, path)?;
+    let freq = p.frequencies();
+    let uniform = f64::from(model.hp.n_expert_used) / f64::from(model.hp.n_expert);
+    let mut hot: Vec<(f64, u32, u32)> = freq
+        .iter()
+        .enumerate()
+        .flat_map(|(il, row)| row.iter().enumerate().map(move |(e, &f)| (f, il as u32, e as u32)))
+        .filter(|&(f, ..)| f > uniform)
+        .collect();
+    hot.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+    let flat = freq.iter().flatten().map(|&f| f as f32).collect();
+    Ok((Some(flat), hot.into_iter().map(|(_, il, e)| (il, e)).collect()))
 }
 
 /// The context length `args` asks for, checked.
@@ -255,6 +279,10 @@ pub fn session<'a>(
             if args.dense {
                 bail!("--mem-budget needs the sparse path (its expert op reads the cache): drop --dense");
             }
+            let (frequencies, pinned) = match &args.expert_profile {
+                None => (None, Vec::new()),
+                Some(path) => profile_pins(path, model)?,
+            };
             let b = BudgetParams {
                 bytes,
                 policy: args.cache_policy,
@@ -262,8 +290,8 @@ pub fn session<'a>(
                 n_threads: threads,
                 n_batch: kv_params.n_batch,
                 n_outputs: args.n_outputs,
-                frequencies: None,
-                pinned: Vec::new(),
+                frequencies,
+                pinned,
                 assume_resident: None,
             };
             let (moe, _) = MoeSetup::with_budget(model, kv.allocated_bytes(), &b)?;

@@ -50,9 +50,9 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<()> {
     if text.trim().is_empty() {
         bail!("{} is empty: nothing to profile", args.file.display());
     }
-    let file = common::open(&args.model)?;
-    let wctx = Model::context(&file)?;
-    let model = Model::load(&wctx, &file)?;
+    let file = common::open(&args.model, &args.session)?;
+    let (wctx, rctx) = (Model::context(&file)?, Model::context(&file)?);
+    let model = common::load(&file, &wctx, &rctx, &args.session)?;
     let (_, tok) = load_tokenizer(&file)?;
     let opts = EncodeOptions {
         add_special: true,
