@@ -26,6 +26,8 @@ fn model(dir: &Path, out_type: OutType) -> std::path::PathBuf {
         shards: None,
         lm_head: true,
         vocab_gguf: concat!(env!("CARGO_MANIFEST_DIR"), "/vendor/qwen2-vocab/ggml-vocab-qwen2.gguf").into(),
+        routing_skew: 0.0,
+        token_routing: false,
     };
     synth(&dir.join("ckpt"), &p).unwrap();
     let out = dir.join("m.gguf");
