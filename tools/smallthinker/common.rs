@@ -224,9 +224,12 @@ pub fn load<'a>(
     Ok(model)
 }
 
+/// Frequencies per (layer, expert), layer-major, and the (layer, expert) pairs to pin.
+type ProfilePins = (Option<Vec<f32>>, Vec<(u32, u32)>);
+
 /// A profile's frequencies (layer-major, for the frequency policy) and its hot experts, hottest first: those
 /// selected more often than the uniform rate k / n_expert. The cache pins as many as it has room for.
-fn profile_pins(path: &Path, model: &Model<'_>) -> anyhow::Result<(Option<Vec<f32>>, Vec<(u32, u32)>)> {
+fn profile_pins(path: &Path, model: &Model<'_>) -> anyhow::Result<ProfilePins> {
     let p = ExpertProfile::load(path)?;
     p.check_model(&model.hp, path)?;
     let freq = p.frequencies();
