@@ -70,7 +70,7 @@ fn repacked_dense_weights_give_the_mapped_logits() {
     let (wctx, rctx) = (Model::context(&file).unwrap(), Model::context(&file).unwrap());
     let mapped = Model::load(&wctx, &file).unwrap();
     let want = logits(&mapped);
-    let (repacked, bytes) = mapped.repacked(&rctx).unwrap();
+    let (repacked, bytes) = mapped.repacked(&rctx, false).unwrap();
     let expect: u64 = file
         .tensors()
         .iter()
@@ -92,7 +92,34 @@ fn files_without_a_repacked_form_are_left_mapped() {
     let (wctx, rctx) = (Model::context(&file).unwrap(), Model::context(&file).unwrap());
     let mapped = Model::load(&wctx, &file).unwrap();
     let want = logits(&mapped);
-    let (same, bytes) = mapped.repacked(&rctx).unwrap();
+    let (same, bytes) = mapped.repacked(&rctx, false).unwrap();
     assert_eq!(bytes, 0);
     assert!(logits(&same) == want);
+}
+
+#[test]
+fn repacked_experts_run_the_dense_path_with_the_mapped_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = model(dir.path(), OutType::Q4_0Pure);
+    let file = GgufFile::open(&path).unwrap();
+    let (wctx, rctx) = (Model::context(&file).unwrap(), Model::context(&file).unwrap());
+    let mapped = Model::load(&wctx, &file).unwrap();
+    let want = logits(&mapped);
+    let (repacked, bytes) = mapped.repacked(&rctx, true).unwrap();
+    let exps: u64 = file
+        .tensors()
+        .iter()
+        .filter(|t| t.name.contains("_exps."))
+        .map(|t| t.size)
+        .sum();
+    assert!(exps > 0 && bytes > exps, "{bytes} bytes moved, experts alone {exps}");
+    let moe = smallthinker::model::MoeSetup::new(&repacked, &SessionParams::default());
+    assert!(
+        moe.description().starts_with("dense on repacked experts"),
+        "{}",
+        moe.description()
+    );
+    let got = logits(&repacked);
+    let e = nmse(&got, &want);
+    assert!(e < 1e-10, "repacked experts vs mapped nmse {e:e}");
 }

@@ -36,8 +36,8 @@ fn repack_buft() -> Option<sys::ggml_backend_buffer_type_t> {
     }
 }
 
-/// Whether a weight of this type and shape gets a repacked form on this CPU (Q4_0 with AVX2, rows a multiple of
-/// 8, two dimensions: ggml's rule for its x86 kernels).
+/// Whether a matrix of this type and `[ne0, ne1]` gets a repacked form on this CPU (Q4_0 with AVX2, ne1 a
+/// multiple of 8, rows of whole 256-element groups: ggml's rule for its x86 kernels).
 pub fn repackable(ty: GgmlType, ne: &[i64]) -> bool {
     // SAFETY: a plain feature query.
     let avx2 = unsafe { sys::ggml_cpu_has_avx2() } != 0;
@@ -57,7 +57,8 @@ impl Context {
         for t in self.raw_tensors() {
             let t = Tensor::from_raw(t, false);
             let ne = t.ne();
-            if !repackable(t.ty(), &ne[..2]) || ne[2] != 1 || ne[3] != 1 {
+            // 3-d: stacked matrices (experts), repacked row group by row group like one of ne1 * ne2 rows.
+            if !repackable(t.ty(), &ne[..2]) || ne[3] != 1 {
                 return Err(GgmlError::Backend {
                     what: "alloc_repack_buffer: a tensor without a repacked form",
                 });

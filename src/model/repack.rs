@@ -1,20 +1,23 @@
-//! The dense matrices in ggml's repacked layout (`crate::ggml::repackable`): attention projections, router and
-//! output move into a CPU_REPACK buffer, whose AVX2 kernels multiply eight interleaved rows at a time, and their
-//! mapped pages are released, so the process holds one copy of each (llama.cpp keeps both). Experts stay in
-//! the file's layout: the sparse expert op reads their rows directly.
+//! Matrices in ggml's repacked layout (`crate::ggml::repackable`): attention projections, router and output,
+//! and optionally the experts, move into a CPU_REPACK buffer, whose AVX2 kernels multiply eight interleaved rows
+//! at a time, and their mapped pages are released, so the process holds one copy of each (llama.cpp keeps
+//! both). Repacked experts are for ggml's mul_mat_id (the dense path): the sparse expert op and the expert
+//! cache read rows of the file's layout.
 
 use super::{LayerWeights, LoadError, Model};
 use crate::ggml::{repackable, Context, Tensor};
 
 impl<'w> Model<'w> {
-    /// This model with every repackable dense matrix in a CPU_REPACK buffer of `ctx` (a `no_alloc` context with
+    /// This model with every repackable dense matrix (and with `experts`, every expert tensor) in a CPU_REPACK
+    /// buffer of `ctx` (a `no_alloc` context with
     /// room for them, e.g. another [`Model::context`]); returns it and the bytes moved (0 when ggml has no repacked
     /// form here, e.g. for Q8_0 or F32 files or without AVX2: then the tensors are the mapped ones).
-    pub fn repacked<'r>(&self, ctx: &'r Context) -> Result<(Model<'r>, u64), LoadError>
+    pub fn repacked<'r>(&self, ctx: &'r Context, experts: bool) -> Result<(Model<'r>, u64), LoadError>
     where
         'w: 'r,
     {
-        let eligible = |t: Tensor<'_>| repackable(t.ty(), &t.ne()[..2]) && t.ne()[2] == 1 && t.ne()[3] == 1;
+        // Experts ([n_embd, n_ff, n_expert]) repack as n_expert stacked matrices, for ggml's mul_mat_id.
+        let eligible = |t: Tensor<'_>| repackable(t.ty(), &t.ne()[..2]) && t.ne()[3] == 1;
         // Every dense matrix a mul_mat reads: (original, copy in ctx).
         let mut moved: Vec<(Tensor<'w>, Tensor<'r>)> = Vec::new();
         let mut copy = |t: Tensor<'w>| -> Tensor<'r> {
@@ -22,7 +25,8 @@ impl<'w> Model<'w> {
                 return t;
             }
             let ne = t.ne();
-            let c = ctx.new_tensor(t.ty(), &ne[..2]).set_name(&t.name());
+            let dims = if ne[2] > 1 { &ne[..3] } else { &ne[..2] };
+            let c = ctx.new_tensor(t.ty(), dims).set_name(&t.name());
             moved.push((t, c));
             c
         };
@@ -34,6 +38,11 @@ impl<'w> Model<'w> {
             n.attn.wv = copy(l.attn.wv);
             n.attn.wo = copy(l.attn.wo);
             n.ffn_gate_inp = copy(l.ffn_gate_inp);
+            if experts {
+                n.experts.gate_exps = copy(l.experts.gate_exps);
+                n.experts.up_exps = copy(l.experts.up_exps);
+                n.experts.down_exps = copy(l.experts.down_exps);
+            }
             layers.push(n);
         }
         // Tied: the embedding stays mapped for get_rows and the lm_head gets its own repacked copy.
@@ -42,7 +51,6 @@ impl<'w> Model<'w> {
             return Ok((self.reborrow(), 0));
         }
         let mut bytes = 0u64;
-        let mut release = Vec::new();
         for (orig, c) in &moved {
             let name = orig.name();
             let info = self
@@ -51,11 +59,11 @@ impl<'w> Model<'w> {
                 .expect("a loaded model's tensors are in its file");
             c.set_repacked(self.file.tensor_data(info))?;
             bytes += info.size;
-            // Tied: the embedding's pages go too; get_rows faults back only the rows of the tokens it reads.
-            release.push(info);
+            // At once, so that the map and the copy never both hold the model. Tied: the embedding's pages go
+            // too; get_rows faults back only the rows of the tokens it reads. Only memory: a kernel refusing the
+            // advice leaves the pages resident.
+            let _ = self.file.release(&[info]);
         }
-        // Only memory: a kernel refusing the advice leaves the pages resident.
-        let _ = self.file.release(&release);
         let mut m = self.reborrow();
         m.layers = layers;
         m.output = output;

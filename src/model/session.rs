@@ -115,6 +115,13 @@ impl MoeSetup {
         if params.dense {
             return dense("dense (--dense)".to_string());
         }
+        if model.layers.iter().any(|l| !l.experts.gate_exps.is_borrowed()) {
+            // The sparse op reads rows of the file's layout; repacked experts only suit ggml's mul_mat_id.
+            return dense(
+                "dense on repacked experts (ggml's interleaved Q4_0 kernels; --repack dense keeps the sparse op)"
+                    .into(),
+            );
+        }
         let hp = &model.hp;
         let experts: Vec<_> = model.layers.iter().map(|l| l.experts).collect();
         let sp = SparseParams {

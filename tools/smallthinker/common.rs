@@ -82,7 +82,12 @@ pub struct SessionArgs {
     /// Concurrent expert reads with --mem-budget.
     #[arg(long, default_value_t = 4, requires = "mem_budget")]
     pub io_threads: usize,
-    /// Keep the dense Q4_0 matrices in the file's layout instead of ggml's repacked one (llama.cpp's --no-repack).
+    /// Which Q4_0 matrices move to ggml's repacked (8-row interleaved) layout at load: all (dense matrices and
+    /// experts, as llama.cpp does; the MoE then runs ggml's mul_mat_id), dense (attention, router, output: the
+    /// experts stay mapped for the sparse op) or none. With --mem-budget the experts always stay in the file.
+    #[arg(long, value_enum, default_value = "all")]
+    pub repack: RepackArg,
+    /// Same as --repack none (llama.cpp's flag).
     #[arg(long)]
     pub no_repack: bool,
     /// Per token: the expert cache's hit rate, bytes read, I/O wait and prefetch coverage (with --mem-budget),
@@ -118,6 +123,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         return Err(format!("{s:?} is not a positive size"));
     }
     Ok(bytes as u64)
+}
+
+/// `--repack` values.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+pub enum RepackArg {
+    All,
+    Dense,
+    None,
 }
 
 /// `--moe-down` values.
@@ -202,8 +215,8 @@ pub fn open(path: &Path, args: &SessionArgs) -> anyhow::Result<GgufFile> {
     Ok(file)
 }
 
-/// Loads the model from `file` into `wctx`, with its dense Q4_0 matrices repacked into `rctx` (both from
-/// `Model::context`) unless --no-repack.
+/// Loads the model from `file` into `wctx`, with its Q4_0 matrices repacked into `rctx` (both from
+/// `Model::context`) as --repack says.
 pub fn load<'a>(
     file: &'a GgufFile,
     wctx: &'a smallthinker::ggml::Context,
@@ -211,13 +224,16 @@ pub fn load<'a>(
     args: &SessionArgs,
 ) -> anyhow::Result<Model<'a>> {
     let model = Model::load(wctx, file)?;
-    if args.no_repack {
+    if args.no_repack || args.repack == RepackArg::None {
         return Ok(model);
     }
-    let (model, bytes) = model.repacked(rctx)?;
+    // The sparse op (asked for with --repack dense, or needed by the expert cache) reads the file's layout.
+    let experts = args.repack == RepackArg::All && args.mem_budget.is_none();
+    let (model, bytes) = model.repacked(rctx, experts)?;
     if bytes > 0 {
+        let what = if experts { "weights" } else { "dense weights" };
         eprintln!(
-            "repacked {:.0} MiB of dense Q4_0 weights (8-row interleave)",
+            "repacked {:.0} MiB of Q4_0 {what} (8-row interleave)",
             bytes as f64 / (1 << 20) as f64
         );
     }
