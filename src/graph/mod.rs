@@ -11,7 +11,7 @@ pub mod moe;
 mod sparse_kernel;
 pub mod sparse_moe;
 
-pub use attention::{attention, AttnInputs, AttnKernel, AttnParams, AttnWeights, KvLayer, KvRead};
+pub use attention::{attention, AttnInputs, AttnKernel, AttnParams, AttnWeights, KvLayer, KvRead, SeqAttn};
 pub use attn_op::{attn_cells, CellAttnParams};
 pub use moe::{moe_ffn, MoeWeights};
 pub use sparse_moe::{DownType, MoeStats, RouteEvent, RouteHook, SparseMoe, SparseMoeError};
