@@ -6,6 +6,9 @@
 //! comes either from the positions the cells hold ([`KvRead::Cells`], the custom op of [`super::attn_op`], the
 //! default) or from a host-built mask ([`KvRead::Mask`], llama.cpp's non-flash path with `soft_max_ext`, kept as
 //! the reference the op is tested against). Both serve full-length and ring-buffer caches alike.
+//!
+//! A batch may hold rows of several sequences ([`SeqAttn`], the server's decode steps): the projections and
+//! `wo` run over all rows, the store and read run per sequence against its own cache, on views of its rows.
 
 use super::attn_op::{attn_cells, CellAttnParams};
 use crate::ggml::{Context, Graph, Prec, RopeParams, Tensor};

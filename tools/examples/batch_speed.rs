@@ -48,7 +48,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let token = |i: usize, step: u32| 2000 + 13 * i as u32 + step;
         let t0 = Instant::now();
-        for step in 0..gen {
+        // BATCH_SPEED_ONLY=batched skips the one-by-one loop (to profile the batched one alone).
+        let skip = std::env::var("BATCH_SPEED_ONLY").is_ok_and(|v| v == "batched");
+        for step in 0..if skip { 0 } else { gen } {
             for (i, s) in sessions.iter_mut().enumerate() {
                 s.eval(&[token(i, step)], Rows::Last)?;
             }
