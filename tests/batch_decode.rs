@@ -219,3 +219,44 @@ fn bad_batches_are_refused_before_anything_runs() {
     assert_eq!(decode_batch(&mut [&mut a], &[3]).unwrap().len(), 1);
     assert_eq!(a.n_past(), 1);
 }
+
+/// Eight sessions, each attention kernel in turn (the soft_max path has the most nodes per sequence), one
+/// batched step after prompts of different lengths: the graph fits and equals each session alone.
+#[test]
+fn eight_sessions_with_every_attention_kernel() {
+    let path = fixtures::manifest("st21b").gguf("f32");
+    let file = GgufFile::open(&path).unwrap();
+    let wctx = Model::context(&file).unwrap();
+    let model = Model::load(&wctx, &file).unwrap();
+    let params = sparse();
+    let moe = MoeSetup::new(&model, &params);
+    let kv_params = KvParams {
+        n_ctx: N_CTX,
+        n_batch: N_BATCH,
+        ty: KvType::F32,
+    };
+    let kernels = [AttnKernel::Cells, AttnKernel::SoftMax, AttnKernel::Flash];
+    let kctxs: Vec<_> = (0..16).map(|_| KvCache::context(&model.hp).unwrap()).collect();
+    let mut sessions: Vec<Session<'_>> = kctxs
+        .iter()
+        .enumerate()
+        .map(|(i, kctx)| {
+            let kv = KvCache::new(kctx, &model.hp, kv_params).unwrap();
+            let mut s = Session::with_moe(&model, kv, params, moe.clone()).unwrap();
+            s.set_attn_kernel(kernels[i % 8 % 3]);
+            let prompt: Vec<u32> = (0..1 + i % 8).map(|j| (7 * i % 8 + 11 * j) as u32).collect();
+            s.eval(&prompt, Rows::Last).unwrap();
+            s
+        })
+        .collect();
+    let (batched, alone) = sessions.split_at_mut(8);
+    let toks: Vec<u32> = (0..8).map(|i| 300 + i).collect();
+    let mut group: Vec<&mut Session<'_>> = batched.iter_mut().collect();
+    let got = decode_batch(&mut group, &toks).unwrap();
+    let mut diff = Diff::default();
+    for ((s, &t), row) in alone.iter_mut().zip(&toks).zip(&got) {
+        diff.add(row, &s.eval(&[t], Rows::Last).unwrap());
+    }
+    eprintln!("8 sessions: worst {:.2e}, bit-identical {}", diff.worst, diff.identical);
+    assert!(diff.worst <= 1e-5, "{:.3e}", diff.worst);
+}

@@ -32,9 +32,10 @@ pub struct SeqInputs<'a, 'b> {
 }
 
 /// Nodes (and leafs) a graph of this model can need for `n_seqs` sequences: about 50 per layer plus two per
-/// used expert, and the views, stores, attention and concat of each further sequence.
+/// used expert, and for each further sequence its views, stores, attention and concat (19 nodes on the
+/// soft_max path, the longest).
 pub fn graph_size(hp: &Hparams, n_seqs: usize) -> usize {
-    let per_layer = 64 + 4 * hp.n_expert_used as usize + 16 * n_seqs.saturating_sub(1);
+    let per_layer = 64 + 4 * hp.n_expert_used as usize + 24 * n_seqs.saturating_sub(1);
     (hp.n_layer as usize) * per_layer + 256 + 8 * n_seqs
 }
 
