@@ -2,6 +2,7 @@
 """Throughput, latency, prompt-cache and load figures for `smallthinker serve` on loopback (stdlib only).
 
 usage: tools/serve_load.py BINARY MODEL.gguf [--parallel 4] [--requests 300] [--concurrency 8] [--max-tokens 16]
+                           [--clients 1,2,4,8] [--throughput-only] [--serve-arg=--decode-batch=1 ...]
 Starts the server on a free port, then: (1) aggregate tokens/s and p50/p99 latency at 1, 2, 4, 8 clients;
 (2) the prompt-evaluation time of a multi-turn chat with and without the slot's cached prefix; (3) a bounded load
 test (mixed streaming and not) that must have zero failures, and the server's RSS at idle before and after.
@@ -22,10 +23,13 @@ ap.add_argument("--requests", type=int, default=300)
 ap.add_argument("--concurrency", type=int, default=8)
 ap.add_argument("--max-tokens", type=int, default=16)
 ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--clients", default="1,2,4,8", help="client counts of the throughput table")
+ap.add_argument("--throughput-only", action="store_true", help="only the throughput table")
+ap.add_argument("--serve-arg", action="append", default=[], help="extra server argument (repeatable)")
 args = ap.parse_args()
 
 proc = subprocess.Popen([args.binary, "serve", "-m", args.model, "--port", "0", "--parallel", str(args.parallel),
-                         "--ctx", "1024", "-t", str(args.threads), "--queue", "256"], stderr=subprocess.PIPE, text=True)
+                         "--ctx", "1024", "-t", str(args.threads), "--queue", "256", *args.serve_arg], stderr=subprocess.PIPE, text=True)
 line = proc.stderr.readline()
 assert line.startswith("listening on http://"), line
 HOST, PORT = line.strip().removeprefix("listening on http://").rsplit(":", 1)
@@ -111,14 +115,28 @@ def run_clients(n_clients, n_requests, stream_mix):
             "tok_per_s": toks / wall, "p50_s": p(0.5), "p99_s": p(0.99)}
 
 
+def decode_counts():
+    conn = http.client.HTTPConnection(HOST, PORT, timeout=30)
+    conn.request("GET", "/health")
+    h = json.loads(conn.getresponse().read())
+    conn.close()
+    return h.get("decode_graphs", 0), h.get("decode_tokens", 0)
+
+
 try:
     post("/v1/completions", {"prompt": "warm up", "max_tokens": 4})
-    print(f"model {args.model}, --parallel {args.parallel}, -t {args.threads}, max_tokens {args.max_tokens}")
-    print("clients  requests  tokens/s  p50 latency  p99 latency")
-    for c in (1, 2, 4, 8):
+    print(f"model {args.model}, --parallel {args.parallel}, -t {args.threads}, max_tokens {args.max_tokens}"
+          f" {' '.join(args.serve_arg)}")
+    print("clients  requests  tokens/s  p50 latency  p99 latency  decode tokens/graph")
+    for c in map(int, args.clients.split(",")):
+        g0, t0 = decode_counts()
         r = run_clients(c, max(8, 4 * c), False)
+        g1, t1 = decode_counts()
+        per_graph = (t1 - t0) / max(1, g1 - g0)
         print(f"{c:7d}  {r['requests']:8d}  {r['tok_per_s']:8.1f}  {r['p50_s']:9.2f} s  {r['p99_s']:9.2f} s"
-              f"  (failed {r['failed']})")
+              f"  {per_graph:19.2f}  (failed {r['failed']})")
+    if args.throughput_only:
+        raise SystemExit(0)
 
     # Multi-turn chat: each turn's prompt extends the previous turn's cache; compare with the same prompt cold.
     msgs, warm, cold = [], [], []

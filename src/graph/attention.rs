@@ -6,6 +6,9 @@
 //! comes either from the positions the cells hold ([`KvRead::Cells`], the custom op of [`super::attn_op`], the
 //! default) or from a host-built mask ([`KvRead::Mask`], llama.cpp's non-flash path with `soft_max_ext`, kept as
 //! the reference the op is tested against). Both serve full-length and ring-buffer caches alike.
+//!
+//! A batch may hold rows of several sequences ([`SeqAttn`], the server's decode steps): the projections and
+//! `wo` run over all rows, the store and read run per sequence against its own cache, on views of its rows.
 
 use super::attn_op::{attn_cells, CellAttnParams};
 use crate::ggml::{Context, Graph, Prec, RopeParams, Tensor};
@@ -32,10 +35,10 @@ pub struct KvLayer<'a> {
     pub v: Tensor<'a>,
 }
 
-/// Per-evaluation inputs shared by every layer with the same kind of cache.
+/// Per-evaluation inputs of one sequence, shared by every layer with the same kind of cache.
 #[derive(Clone, Copy)]
 pub struct AttnInputs<'a> {
-    /// I32 `[n_tokens]`: token positions (RoPE).
+    /// I32 `[n_tokens]`: the sequence's token positions (which cells each query sees).
     pub pos: Tensor<'a>,
     /// I64 `[n_tokens]`: the cache cell each new token's K/V goes to.
     pub kv_idxs: Tensor<'a>,
@@ -78,43 +81,106 @@ pub struct AttnParams {
     pub kq_scale: f32,
 }
 
+/// One sequence's rows of a batch and what they attend to: its own cache and cells.
+#[derive(Clone, Copy)]
+pub struct SeqAttn<'a> {
+    /// First row of the batch that belongs to this sequence.
+    pub first: i64,
+    /// Its rows (consecutive from `first`).
+    pub n_tokens: i64,
+    pub kv: KvLayer<'a>,
+    /// Its inputs; `pos` holds the positions of its rows only.
+    pub inp: AttnInputs<'a>,
+}
+
 /// `cur [n_embd, n_tokens]` (already normed) -> `[n_embd, n_tokens]`, the attention output after `wo`.
-/// Expands the cache stores into `gf` first, so that they run before the cache is read.
-#[allow(clippy::too_many_arguments)] // ctx, graph, input, weights, cache, inputs, params, layer: all distinct
+/// `pos` I32 `[n_tokens]` are the positions of all rows (RoPE); `seqs` split the rows into sequences, each
+/// stored into and read from its own cache. The projections and `wo` run once over all rows (weights read once
+/// per batch), only the cache store and read are per sequence; one sequence covering every row is the plain
+/// single-sequence graph (no views). Expands the cache stores into `gf` first, so that they run before the
+/// cache is read.
+#[allow(clippy::too_many_arguments)] // ctx, graph, input, weights, positions, sequences, params, layer: all distinct
 pub fn attention<'a>(
     ctx: &'a Context,
     gf: &mut Graph<'a>,
     cur: Tensor<'a>,
     w: &AttnWeights<'a>,
-    kv: KvLayer<'a>,
-    inp: &AttnInputs<'a>,
+    pos: Tensor<'a>,
+    seqs: &[SeqAttn<'a>],
     p: &AttnParams,
     il: i32,
 ) -> Tensor<'a> {
     let n_tokens = cur.ne()[1];
     let (hd, n_head, n_head_kv) = (p.n_embd_head, p.n_head, p.n_head_kv);
+    // The callers build the split; a wrong one is a bug in the graph code, not bad input.
+    let covered = seqs
+        .iter()
+        .try_fold(0, |next, s| (s.first == next).then_some(next + s.n_tokens));
+    assert!(
+        covered == Some(n_tokens) && !seqs.is_empty(),
+        "attention: the sequences do not cover the {n_tokens} rows in order"
+    );
 
     let q = ctx.reshape_3d(ctx.mul_mat(w.wq, cur), hd, n_head, n_tokens); // [hd, n_head, n_tokens]
     let k = ctx.reshape_3d(ctx.mul_mat(w.wk, cur), hd, n_head_kv, n_tokens); // [hd, n_head_kv, n_tokens]
     let v = ctx.mul_mat(w.wv, cur); // [hd * n_head_kv, n_tokens]
     let (q, k) = match p.rope {
-        Some(rope) => (
-            ctx.rope_ext(q, inp.pos, None, rope),
-            ctx.rope_ext(k, inp.pos, None, rope),
-        ),
+        Some(rope) => (ctx.rope_ext(q, pos, None, rope), ctx.rope_ext(k, pos, None, rope)),
         None => (q, k),
     };
     let q = q.format_name("Qcur", il);
     let k = k.format_name("Kcur", il);
     let v = v.format_name("Vcur", il);
 
-    // Store the new rows, then read the cache back (the stores are earlier nodes of the graph).
-    let k_rows = ctx.reshape_2d(k, hd * n_head_kv, n_tokens);
+    let kqv = match seqs {
+        [s] => attend(ctx, gf, q, k, v, s, p, il),
+        _ => {
+            // Each sequence's rows as views (contiguous: whole token slices), attended against its own cache,
+            // then the outputs joined again in row order.
+            let rows = |t: Tensor<'a>, s: &SeqAttn<'a>| {
+                let nb = t.nb();
+                ctx.view_3d(
+                    t,
+                    [t.ne()[0], t.ne()[1], s.n_tokens],
+                    nb[1],
+                    nb[2],
+                    s.first as usize * nb[2],
+                )
+            };
+            let outs = seqs.iter().map(|s| {
+                let nb = v.nb();
+                let vs = ctx.view_2d(v, v.ne()[0], s.n_tokens, nb[1], s.first as usize * nb[1]);
+                attend(ctx, gf, rows(q, s), rows(k, s), vs, s, p, il)
+            });
+            outs.reduce(|acc, o| ctx.concat(acc, o, 2))
+                .expect("at least two sequences")
+        }
+    };
+    let cur = ctx.reshape_2d(kqv, hd * n_head, n_tokens).format_name("kqv_out", il);
+    ctx.mul_mat(w.wo, cur).format_name("attn_out", il) // [n_embd, n_tokens]
+}
+
+/// One sequence: `q [hd, n_head, n]`, `k [hd, n_head_kv, n]`, `v [hd * n_head_kv, n]` -> `[hd, n_head, n]`.
+/// Stores K and V into the sequence's cache, then reads it back (the stores are earlier nodes of the graph).
+#[allow(clippy::too_many_arguments)] // ctx, graph, q, k, v, sequence, params, layer: all distinct
+fn attend<'a>(
+    ctx: &'a Context,
+    gf: &mut Graph<'a>,
+    q: Tensor<'a>,
+    k: Tensor<'a>,
+    v: Tensor<'a>,
+    s: &SeqAttn<'a>,
+    p: &AttnParams,
+    il: i32,
+) -> Tensor<'a> {
+    let (hd, n_head, n_head_kv) = (p.n_embd_head, p.n_head, p.n_head_kv);
+    let (kv, inp) = (s.kv, &s.inp);
+    let k_rows = ctx.reshape_2d(k, hd * n_head_kv, s.n_tokens);
     let k_stored = ctx.set_rows(kv.k, k_rows, inp.kv_idxs);
     let v_stored = ctx.set_rows(kv.v, v, inp.kv_idxs);
     gf.build_forward_expand(k_stored);
     gf.build_forward_expand(v_stored);
-    let kqv = match inp.read {
+    match inp.read {
         KvRead::Mask(kq_mask) => attn_masked(ctx, q, kv, kq_mask, p, il),
         KvRead::FlashMask(kq_mask) => {
             let n_kv = kq_mask.ne()[0];
@@ -135,9 +201,7 @@ pub fn attention<'a>(
             // The stores' results (views of the cache) as sources: the op depends on them.
             attn_cells(ctx, q, k_stored, v_stored, cell_pos, inp.pos, &cp) // [hd, n_head, n_tokens]
         }
-    };
-    let cur = ctx.reshape_2d(kqv, hd * n_head, n_tokens).format_name("kqv_out", il);
-    ctx.mul_mat(w.wo, cur).format_name("attn_out", il) // [n_embd, n_tokens]
+    }
 }
 
 /// `q [hd, n_head, n_tokens]` over the first `n_kv` cells with a mask -> `[hd, n_head, n_tokens]`.

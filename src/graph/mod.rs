@@ -14,7 +14,7 @@ mod sparse_kernel;
 pub mod sparse_moe;
 mod sparse_native;
 
-pub use attention::{attention, AttnInputs, AttnKernel, AttnParams, AttnWeights, KvLayer, KvRead};
+pub use attention::{attention, AttnInputs, AttnKernel, AttnParams, AttnWeights, KvLayer, KvRead, SeqAttn};
 pub use attn_op::{attn_cells, CellAttnParams};
 pub use expert_cache::{CacheParams, CachePolicy, CacheStats, ExpertCache, ExpertExtents};
 pub use expert_io::{ExpertFile, ExpertReadError, Extent};

@@ -4,6 +4,7 @@
 //!
 //! Shapes are in ggml order (`ne[0]` first, the fastest-varying dimension), the reverse of PyTorch's.
 
+mod batch;
 mod budget;
 mod hparams;
 pub mod kv_cache;
@@ -14,6 +15,7 @@ pub mod smallthinker;
 pub mod tensors;
 pub mod weights;
 
+pub use batch::decode_batch;
 pub use budget::{resident_bytes, BudgetError, BudgetParams, BudgetReport};
 pub use hparams::{keys, Gating, Hparams, MoeParams, NO_ROPE_LAYER_STEP, N_SWA, SWA_PATTERN, WEIGHTS_SUM_MIN};
 pub use kv_cache::{BatchCells, BatchPlan, KvCache, KvLayout, KvParams, KvType};

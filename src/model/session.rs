@@ -21,8 +21,8 @@
 
 use std::sync::Arc;
 
-use super::smallthinker::{build, graph_size, GraphInputs};
-use super::{BatchCells, KvCache, Model};
+use super::smallthinker::{build, graph_size, GraphInputs, SeqInputs};
+use super::{BatchCells, BatchPlan, KvCache, Model};
 use crate::ggml::{Context, ContextParams, CpuBackend, GgmlError, Tensor};
 use crate::gguf::GgmlType;
 use crate::graph::{
@@ -50,6 +50,15 @@ pub enum EvalError {
     /// An expert could not be read into the cache: this evaluation's results are discarded.
     #[error(transparent)]
     ExpertRead(#[from] ExpertReadError),
+    /// A batched decode step got a different number of tokens than sessions.
+    #[error("a batch of {sessions} sessions got {tokens} tokens (one per session)")]
+    BatchLength { sessions: usize, tokens: usize },
+    /// A session of a batch cannot join the others in one graph.
+    #[error("session {index} of the batch is on another {what} than session 0")]
+    BatchMismatch { index: usize, what: &'static str },
+    /// A session of a batch refused its token.
+    #[error("session {index} of the batch: {source}")]
+    InBatch { index: usize, source: Box<EvalError> },
     #[error(transparent)]
     Ggml(#[from] GgmlError),
 }
@@ -98,7 +107,7 @@ impl Default for SessionParams {
 #[derive(Clone)]
 pub struct MoeSetup {
     sparse: Option<Arc<SparseMoe>>,
-    sparse_max_batch: u32,
+    pub(super) sparse_max_batch: u32,
     description: String,
 }
 
@@ -164,16 +173,26 @@ impl MoeSetup {
     pub fn sparse(&self) -> Option<&Arc<SparseMoe>> {
         self.sparse.as_ref()
     }
+
+    /// True if both run the same MoE path: one shared sparse state (or both dense) and the same batch limit.
+    pub fn same_as(&self, other: &MoeSetup) -> bool {
+        let same_sparse = match (&self.sparse, &other.sparse) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        same_sparse && self.sparse_max_batch == other.sparse_max_batch
+    }
 }
 
 /// A model, its KV cache and the position reached.
 pub struct Session<'a> {
-    model: &'a Model<'a>,
-    kv: KvCache<'a>,
-    backend: CpuBackend,
-    n_past: u32,
-    moe: MoeSetup,
-    attn: AttnKernel,
+    pub(super) model: &'a Model<'a>,
+    pub(super) kv: KvCache<'a>,
+    pub(super) backend: CpuBackend,
+    pub(super) n_past: u32,
+    pub(super) moe: MoeSetup,
+    pub(super) attn: AttnKernel,
 }
 
 impl<'a> Session<'a> {
@@ -270,21 +289,8 @@ impl<'a> Session<'a> {
         rows: Rows,
         trace: &[&str],
     ) -> Result<(Vec<f32>, Vec<Traced>), EvalError> {
-        let n_vocab = self.model.hp.n_vocab;
+        self.check(tokens)?;
         let kvp = self.kv.params();
-        if tokens.is_empty() {
-            return Err(EvalError::Empty);
-        }
-        if let Some((index, &token)) = tokens.iter().enumerate().find(|(_, &t)| t >= n_vocab) {
-            return Err(EvalError::TokenOutOfRange { index, token, n_vocab });
-        }
-        if tokens.len() > (kvp.n_ctx - self.n_past) as usize {
-            return Err(EvalError::ContextFull {
-                n_past: self.n_past,
-                n_tokens: tokens.len(),
-                n_ctx: kvp.n_ctx,
-            });
-        }
         let batches: Vec<&[u32]> = tokens.chunks(kvp.n_batch as usize).collect();
         let mut logits = Vec::new();
         let mut traced = Vec::new();
@@ -302,6 +308,26 @@ impl<'a> Session<'a> {
         Ok((logits, traced))
     }
 
+    /// Refuses `tokens` before anything is built or placed: empty, out of the vocabulary, or past the context.
+    pub(super) fn check(&self, tokens: &[u32]) -> Result<(), EvalError> {
+        let n_vocab = self.model.hp.n_vocab;
+        let n_ctx = self.kv.params().n_ctx;
+        if tokens.is_empty() {
+            return Err(EvalError::Empty);
+        }
+        if let Some((index, &token)) = tokens.iter().enumerate().find(|(_, &t)| t >= n_vocab) {
+            return Err(EvalError::TokenOutOfRange { index, token, n_vocab });
+        }
+        if tokens.len() > (n_ctx - self.n_past) as usize {
+            return Err(EvalError::ContextFull {
+                n_past: self.n_past,
+                n_tokens: tokens.len(),
+                n_ctx,
+            });
+        }
+        Ok(())
+    }
+
     fn eval_batch(
         &mut self,
         tokens: &[u32],
@@ -312,7 +338,7 @@ impl<'a> Session<'a> {
         let hp = &self.model.hp;
         let n_tokens = tokens.len() as u32;
         let plan = self.kv.place(self.n_past, n_tokens);
-        let n_nodes = graph_size(hp);
+        let n_nodes = graph_size(hp, 1);
         let ctx = Context::new(ContextParams {
             mem_size: 2 * n_nodes * Context::tensor_overhead() + Context::graph_overhead(n_nodes),
             no_alloc: true,
@@ -321,25 +347,18 @@ impl<'a> Session<'a> {
             |name: &str, ty: GgmlType, ne: &[i64]| -> Tensor<'_> { ctx.new_tensor(ty, ne).set_name(name).set_input() };
         let n = i64::from(n_tokens);
         let pos = input("inp_pos", GgmlType::I32, &[n]);
-        let attn_inputs = |kind: &str, cells: &BatchCells| AttnInputs {
-            pos,
-            kv_idxs: input(&format!("kv_idxs_{kind}"), GgmlType::I64, &[n]),
-            read: match self.attn {
-                AttnKernel::SoftMax => KvRead::Mask(input(&format!("kq_mask_{kind}"), GgmlType::F32, &[cells.n_kv, n])),
-                AttnKernel::Flash => {
-                    KvRead::FlashMask(input(&format!("kq_mask_{kind}"), GgmlType::F16, &[cells.n_kv, n]))
-                }
-                AttnKernel::Cells => KvRead::Cells {
-                    cell_pos: input(&format!("cell_pos_{kind}"), GgmlType::I32, &[cells.n_kv]),
-                    n_swa: cells.n_swa,
-                },
-            },
-        };
+        let (full, swa) = seq_attn_inputs(&ctx, self.attn, pos, &plan, "");
         let inputs = GraphInputs {
             tokens: input("inp_tokens", GgmlType::I32, &[n]),
             out_ids: input("inp_out_ids", GgmlType::I32, &[out_rows.len() as i64]),
-            full: attn_inputs("full", &plan.full),
-            swa: plan.swa.as_ref().map(|s| attn_inputs("swa", s)),
+            pos,
+            seqs: vec![SeqInputs {
+                first: 0,
+                n_tokens: n,
+                kv: &self.kv,
+                full,
+                swa,
+            }],
         };
         let mut gf = ctx.new_graph(n_nodes);
         let sparse = self
@@ -347,7 +366,7 @@ impl<'a> Session<'a> {
             .sparse()
             .map(|s| &**s)
             .filter(|_| n_tokens <= self.moe.sparse_max_batch);
-        let logits = build(&ctx, &mut gf, self.model, &self.kv, &inputs, sparse).set_output();
+        let logits = build(&ctx, &mut gf, self.model, &inputs, sparse).set_output();
         gf.build_forward_expand(logits);
         let keep: Vec<Tensor<'_>> = trace
             .iter()
@@ -361,16 +380,7 @@ impl<'a> Session<'a> {
         inputs.out_ids.set_i32(out_rows)?;
         let positions: Vec<i32> = (self.n_past..self.n_past + n_tokens).map(|p| p as i32).collect();
         pos.set_i32(&positions)?;
-        for (inp, cells) in [(Some(inputs.full), Some(&plan.full)), (inputs.swa, plan.swa.as_ref())] {
-            if let (Some(inp), Some(cells)) = (inp, cells) {
-                inp.kv_idxs.set_i64(&cells.idxs)?;
-                match inp.read {
-                    KvRead::Mask(m) => m.set_f32(&cells.mask())?,
-                    KvRead::FlashMask(m) => m.set_f32_as_f16(&cells.mask())?,
-                    KvRead::Cells { cell_pos, .. } => cell_pos.set_i32(&cells.cell_pos)?,
-                }
-            }
-        }
+        set_seq_inputs(&inputs.seqs[0], &plan)?;
         gf.compute_with_backend(&self.backend)?;
         if let Some(e) = self.moe.sparse().and_then(|s| s.cache()).and_then(|c| c.take_error()) {
             // Some expert rows were zeros: the cache now holds positions computed from them.
@@ -392,4 +402,51 @@ impl<'a> Session<'a> {
         }
         Ok(logits.to_f32_vec()?)
     }
+}
+
+/// The attention inputs of one sequence (full layers, SWA layers) for a graph being built in `ctx`: `pos` are
+/// its rows' positions, `tag` tells the input names of several sequences apart.
+pub(super) fn seq_attn_inputs<'c>(
+    ctx: &'c Context,
+    kernel: AttnKernel,
+    pos: Tensor<'c>,
+    plan: &BatchPlan,
+    tag: &str,
+) -> (AttnInputs<'c>, Option<AttnInputs<'c>>) {
+    let n = pos.ne()[0];
+    let input =
+        |name: String, ty: GgmlType, ne: &[i64]| -> Tensor<'c> { ctx.new_tensor(ty, ne).set_name(&name).set_input() };
+    let attn_inputs = |kind: &str, cells: &BatchCells| AttnInputs {
+        pos,
+        kv_idxs: input(format!("kv_idxs_{kind}{tag}"), GgmlType::I64, &[n]),
+        read: match kernel {
+            AttnKernel::SoftMax => KvRead::Mask(input(format!("kq_mask_{kind}{tag}"), GgmlType::F32, &[cells.n_kv, n])),
+            AttnKernel::Flash => {
+                KvRead::FlashMask(input(format!("kq_mask_{kind}{tag}"), GgmlType::F16, &[cells.n_kv, n]))
+            }
+            AttnKernel::Cells => KvRead::Cells {
+                cell_pos: input(format!("cell_pos_{kind}{tag}"), GgmlType::I32, &[cells.n_kv]),
+                n_swa: cells.n_swa,
+            },
+        },
+    };
+    (
+        attn_inputs("full", &plan.full),
+        plan.swa.as_ref().map(|s| attn_inputs("swa", s)),
+    )
+}
+
+/// Fills the cell inputs of one sequence (after the graph is allocated) from the cache's plan for it.
+pub(super) fn set_seq_inputs(seq: &SeqInputs<'_, '_>, plan: &BatchPlan) -> Result<(), GgmlError> {
+    for (inp, cells) in [(Some(seq.full), Some(&plan.full)), (seq.swa, plan.swa.as_ref())] {
+        if let (Some(inp), Some(cells)) = (inp, cells) {
+            inp.kv_idxs.set_i64(&cells.idxs)?;
+            match inp.read {
+                KvRead::Mask(m) => m.set_f32(&cells.mask())?,
+                KvRead::FlashMask(m) => m.set_f32_as_f16(&cells.mask())?,
+                KvRead::Cells { cell_pos, .. } => cell_pos.set_i32(&cells.cell_pos)?,
+            }
+        }
+    }
+    Ok(())
 }

@@ -4,24 +4,39 @@
 
 use super::{Hparams, KvCache, Model};
 use crate::ggml::{Context, Graph, RopeParams, Tensor};
-use crate::graph::{attention, moe_ffn, rms_norm_w, AttnInputs, AttnParams, SparseMoe};
+use crate::graph::{attention, moe_ffn, rms_norm_w, AttnInputs, AttnParams, SeqAttn, SparseMoe};
 
-/// The host-set inputs of one evaluation.
-#[derive(Clone, Copy)]
-pub struct GraphInputs<'a> {
+/// The host-set inputs of one evaluation: a batch of rows from one or more sequences.
+pub struct GraphInputs<'a, 'b> {
     /// I32 `[n_tokens]`
     pub tokens: Tensor<'a>,
     /// I32 `[n_outputs]`: the rows of the batch whose logits are wanted.
     pub out_ids: Tensor<'a>,
+    /// I32 `[n_tokens]`: the position of every row in its own sequence (RoPE).
+    pub pos: Tensor<'a>,
+    /// The sequences the rows belong to, in row order.
+    pub seqs: Vec<SeqInputs<'a, 'b>>,
+}
+
+/// One sequence of a batch: its rows, its KV cache, and its attention inputs per kind of layer.
+pub struct SeqInputs<'a, 'b> {
+    /// First row of the batch that is this sequence's.
+    pub first: i64,
+    /// Its rows (consecutive).
+    pub n_tokens: i64,
+    pub kv: &'b KvCache<'a>,
     /// Positions, cells and mask of the full-attention layers.
     pub full: AttnInputs<'a>,
     /// The same for the SWA layers (None when the model has none).
     pub swa: Option<AttnInputs<'a>>,
 }
 
-/// Nodes (and leafs) a graph of this model can need: about 50 per layer plus two per used expert.
-pub fn graph_size(hp: &Hparams) -> usize {
-    (hp.n_layer as usize) * (64 + 4 * hp.n_expert_used as usize) + 256
+/// Nodes (and leafs) a graph of this model can need for `n_seqs` sequences: about 50 per layer plus two per
+/// used expert, and for each further sequence its views, stores, attention and concat (19 nodes on the
+/// soft_max path, the longest).
+pub fn graph_size(hp: &Hparams, n_seqs: usize) -> usize {
+    let per_layer = 64 + 4 * hp.n_expert_used as usize + 24 * n_seqs.saturating_sub(1);
+    (hp.n_layer as usize) * per_layer + 256 + 8 * n_seqs
 }
 
 /// How layer `il` attends: NEOX RoPE unless NoPE, scaled by 1/sqrt(head_dim).
@@ -45,8 +60,7 @@ pub fn build<'a>(
     ctx: &'a Context,
     gf: &mut Graph<'a>,
     m: &Model<'a>,
-    kv: &KvCache<'a>,
-    inp: &GraphInputs<'a>,
+    inp: &GraphInputs<'a, '_>,
     sparse: Option<&SparseMoe>,
 ) -> Tensor<'a> {
     let hp = &m.hp;
@@ -58,16 +72,26 @@ pub fn build<'a>(
         let mut inp_sa = inp_l;
 
         // SmallThinker: the router reads the raw layer input, before attn_norm (so experts can be prefetched).
-        let mut router_logits = ctx.mul_mat(l.ffn_gate_inp, inp_l).format_name("ffn_moe_logits", ilc); // [n_expert, n_tokens]
-                                                                                                       // Sparse path: gating and top-k here, before attention, publishing the expert ids (graph::sparse_moe).
+        // [n_expert, n_tokens]
+        let mut router_logits = ctx.mul_mat(l.ffn_gate_inp, inp_l).format_name("ffn_moe_logits", ilc);
+        // Sparse path: gating and top-k here, before attention, publishing the expert ids (graph::sparse_moe).
         let route = sparse.map(|s| s.route(ctx, gf, router_logits, il)); // [k, n_tokens]
 
         let cur = rms_norm_w(ctx, inp_l, l.attn_norm, eps).format_name("attn_norm", ilc);
-        let attn_inp = match (hp.is_swa(il), &inp.swa) {
-            (true, Some(swa)) => swa,
-            _ => &inp.full,
-        };
-        let mut cur = attention(ctx, gf, cur, &l.attn, kv.layer(il), attn_inp, &attn_params(hp, il), ilc);
+        let seqs: Vec<SeqAttn<'a>> = inp
+            .seqs
+            .iter()
+            .map(|s| SeqAttn {
+                first: s.first,
+                n_tokens: s.n_tokens,
+                kv: s.kv.layer(il),
+                inp: match (hp.is_swa(il), &s.swa) {
+                    (true, Some(swa)) => *swa,
+                    _ => s.full,
+                },
+            })
+            .collect();
+        let mut cur = attention(ctx, gf, cur, &l.attn, inp.pos, &seqs, &attn_params(hp, il), ilc);
 
         let last = il + 1 == hp.n_layer;
         if last {

@@ -1,7 +1,10 @@
 //! The scheduler: one thread owns the model and `n_parallel` slots (each a [`Session`] with its own KV cache).
-//! Requests wait in a bounded queue; every loop turn admits queued jobs into free slots, then advances each
-//! active slot by one step (its prompt, or one decode token), so slots interleave token by token. Tokens go back
-//! to the HTTP side on a channel; a closed channel (the client went away) cancels the job and frees its slot.
+//! Requests wait in a bounded queue. Every loop turn admits queued jobs into free slots, evaluates one chunk of
+//! `n_batch` tokens of one pending prompt (the oldest), then steps every decoding slot together: each samples
+//! its next token and all those tokens go through one batched graph ([`decode_batch`]), so the weights are read
+//! once per step for all slots. A long prompt thus delays the decoding slots by one chunk per turn, not by its
+//! whole length. Tokens go back to the HTTP side on a channel; a closed channel (the client went away) cancels
+//! the job and frees its slot.
 //!
 //! Prompt cache: each slot remembers the tokens its cache holds. A job goes to the free slot whose tokens are a
 //! prefix of its prompt (the next chat turn) and only the rest is evaluated; otherwise the slot is reset.
@@ -16,7 +19,7 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::gguf::GgufFile;
-use crate::model::{KvCache, KvParams, KvType, Model, MoeSetup, Rows, Session, SessionParams};
+use crate::model::{decode_batch, KvCache, KvParams, KvType, Model, MoeSetup, Rows, Session, SessionParams};
 use crate::sampling::{Generation, Sampler, StopCriteria, StopReason};
 use crate::tokenizer::{Tokenizer, VocabSpec};
 
@@ -32,6 +35,10 @@ pub struct EngineParams {
     pub kv_type: KvType,
     /// Jobs that may wait for a slot before new ones are refused.
     pub queue: usize,
+    /// Run the MoE with plain ggml ops instead of the sparse path.
+    pub dense: bool,
+    /// Most slots whose decode steps share one graph (1: a graph per slot, as before batching).
+    pub max_decode_batch: usize,
 }
 
 /// One generation request.
@@ -95,6 +102,9 @@ pub struct Finish {
 pub struct EngineStats {
     pub queued: AtomicUsize,
     pub processing: AtomicUsize,
+    /// Decode graphs run so far, and the tokens they decoded (their ratio is the mean decode batch).
+    pub decode_graphs: AtomicUsize,
+    pub decode_tokens: AtomicUsize,
 }
 
 /// What the model is, as the scheduler loaded it.
@@ -161,6 +171,8 @@ struct Active {
     gen: Generation,
     /// Logits of the last evaluated position; `None` until the prompt is evaluated.
     logits: Option<Vec<f32>>,
+    /// The prompt's first chunk has been evaluated (cache reuse decided, sampler fed with the prompt).
+    prompt_started: bool,
     cached_tokens: usize,
     completion_tokens: usize,
     start: Instant,
@@ -215,6 +227,7 @@ fn scheduler(
     }
     let session_params = SessionParams {
         n_threads: p.n_threads,
+        dense: p.dense,
         ..Default::default()
     };
     // One sparse-path state (transposed down copies) for all slots, not one per slot.
@@ -257,12 +270,81 @@ fn scheduler(
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        for slot in &mut slots {
-            if slot.active.is_some() {
-                step(slot, &tok, n_ctx);
-                if slot.active.is_none() {
-                    stats.processing.fetch_sub(1, Ordering::SeqCst);
+        let busy = slots.iter().filter(|s| s.active.is_some()).count();
+        turn(
+            &mut slots,
+            &tok,
+            n_ctx,
+            kv_params.n_batch,
+            p.max_decode_batch.max(1),
+            stats,
+        );
+        let still = slots.iter().filter(|s| s.active.is_some()).count();
+        stats.processing.fetch_sub(busy - still, Ordering::SeqCst);
+    }
+}
+
+/// One loop turn over the admitted jobs: cancellations, one prompt chunk, one batched decode step.
+fn turn(
+    slots: &mut [Slot<'_>],
+    tok: &Tokenizer,
+    n_ctx: u32,
+    n_batch: u32,
+    max_decode_batch: usize,
+    stats: &EngineStats,
+) {
+    for slot in slots.iter_mut() {
+        if slot.active.as_ref().is_some_and(|a| a.job.events.is_closed()) {
+            // The client went away; the cache still holds exactly `cached`.
+            slot.active = None;
+        }
+    }
+    let prompting = slots
+        .iter_mut()
+        .filter(|s| s.active.as_ref().is_some_and(|a| a.logits.is_none()))
+        .min_by_key(|s| s.last_used);
+    if let Some(slot) = prompting {
+        prompt_chunk(slot, n_batch as usize);
+    }
+    // Every decoding slot samples; the ones that go on feed their token to one batched step.
+    let mut next = Vec::new();
+    for (i, slot) in slots.iter_mut().enumerate() {
+        if slot.active.as_ref().is_some_and(|a| a.logits.is_some()) {
+            if let Some(id) = sample(slot, tok, n_ctx) {
+                next.push((i, id));
+            }
+        }
+    }
+    for group in next.chunks(max_decode_batch) {
+        stats.decode_graphs.fetch_add(1, Ordering::SeqCst);
+        stats.decode_tokens.fetch_add(group.len(), Ordering::SeqCst);
+        decode_group(slots, group);
+    }
+}
+
+/// One graph for the decode steps of `group` (slot index, token), in slot order.
+fn decode_group(slots: &mut [Slot<'_>], group: &[(usize, u32)]) {
+    let ids: Vec<u32> = group.iter().map(|&(_, id)| id).collect();
+    let mut sessions: Vec<&mut Session<'_>> = slots
+        .iter_mut()
+        .enumerate()
+        .filter(|(i, _)| group.iter().any(|(j, _)| j == i))
+        .map(|(_, s)| &mut s.session)
+        .collect();
+    match decode_batch(&mut sessions, &ids) {
+        Ok(logits) => {
+            for (&(i, id), l) in group.iter().zip(logits) {
+                let slot = &mut slots[i];
+                slot.cached.push(id);
+                if let Some(a) = slot.active.as_mut() {
+                    a.logits = Some(l);
                 }
+            }
+        }
+        // One graph for all of them: every cache of the group is in doubt.
+        Err(e) => {
+            for &(i, _) in group {
+                fail(&mut slots[i], &e.to_string());
             }
         }
     }
@@ -288,6 +370,7 @@ fn admit(slots: &mut [Slot<'_>], job: Job, stats: &EngineStats, clock: &mut u64)
         gen: Generation::new(job.criteria.clone()),
         job,
         logits: None,
+        prompt_started: false,
         cached_tokens: 0,
         completion_tokens: 0,
         start: Instant::now(),
@@ -295,40 +378,50 @@ fn admit(slots: &mut [Slot<'_>], job: Job, stats: &EngineStats, clock: &mut u64)
     });
 }
 
-/// Advances one slot by its prompt or by one token; clears `active` when the job is over.
-fn step(slot: &mut Slot<'_>, tok: &Tokenizer, n_ctx: u32) {
+/// Evaluates the next chunk of up to `n_batch` tokens of the slot's prompt; the last one leaves the logits.
+fn prompt_chunk(slot: &mut Slot<'_>, n_batch: usize) {
     let Some(a) = slot.active.as_mut() else { return };
-    if a.job.events.is_closed() {
-        // The client went away; the cache still holds exactly `cached`.
-        slot.active = None;
-        return;
-    }
-    let Some(logits) = a.logits.take() else {
-        let prompt = &a.job.prompt;
+    let prompt = &a.job.prompt;
+    if !a.prompt_started {
         if !(prompt.len() > slot.cached.len() && prompt.starts_with(&slot.cached)) {
             slot.session.reset();
             slot.cached.clear();
         }
         a.cached_tokens = slot.cached.len();
-        let new = prompt[slot.cached.len()..].to_vec();
         for &t in prompt {
             a.job.sampler.accept(t);
         }
-        let t0 = Instant::now();
-        match slot.session.eval(&new, Rows::Last) {
-            Ok(l) => {
-                slot.cached.extend_from_slice(&new);
+        a.prompt_started = true;
+    }
+    // The cache holds a prefix of the prompt: the chunks evaluated so far.
+    let done = slot.cached.len();
+    let chunk = prompt[done..(done + n_batch).min(prompt.len())].to_vec();
+    let last = done + chunk.len() == prompt.len();
+    let t0 = Instant::now();
+    match slot.session.eval(&chunk, Rows::Last) {
+        Ok(l) => {
+            slot.cached.extend_from_slice(&chunk);
+            a.prompt_ms += t0.elapsed().as_secs_f64() * 1e3;
+            if last {
                 a.logits = Some(l);
-                a.prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
                 a.start = Instant::now();
             }
-            Err(e) => fail(slot, &e.to_string()),
         }
-        return;
-    };
+        Err(e) => fail(slot, &e.to_string()),
+    }
+}
+
+/// Samples the slot's next token from its logits and reports it; returns the token to evaluate next, or None
+/// when the job is over (finished, failed or cancelled; `active` is then cleared).
+fn sample(slot: &mut Slot<'_>, tok: &Tokenizer, n_ctx: u32) -> Option<u32> {
+    let a = slot.active.as_mut()?;
+    let logits = a.logits.take()?;
     let id = match a.job.sampler.sample(&logits) {
         Ok(id) => id,
-        Err(e) => return fail(slot, &e.to_string()),
+        Err(e) => {
+            fail(slot, &e.to_string());
+            return None;
+        }
     };
     a.job.sampler.accept(id);
     a.completion_tokens += 1;
@@ -339,7 +432,10 @@ fn step(slot: &mut Slot<'_>, tok: &Tokenizer, n_ctx: u32) {
         .map(|n| token_logprob(tok, &logits, id, n));
     let s = match a.gen.push(tok, id) {
         Ok(s) => s,
-        Err(e) => return fail(slot, &e.to_string()),
+        Err(e) => {
+            fail(slot, &e.to_string());
+            return None;
+        }
     };
     let mut reason = s.stop.map(|r| match r {
         StopReason::MaxTokens => FinishReason::Length,
@@ -352,7 +448,7 @@ fn step(slot: &mut Slot<'_>, tok: &Tokenizer, n_ctx: u32) {
     }
     if (!text.is_empty() || logprob.is_some()) && a.job.events.send(Event::Token { text, logprob }).is_err() {
         slot.active = None;
-        return;
+        return None;
     }
     if let Some(reason) = reason {
         let finish = Finish {
@@ -365,15 +461,9 @@ fn step(slot: &mut Slot<'_>, tok: &Tokenizer, n_ctx: u32) {
         };
         let _ = a.job.events.send(Event::Done(finish));
         slot.active = None;
-        return;
+        return None;
     }
-    match slot.session.eval(&[id], Rows::Last) {
-        Ok(l) => {
-            slot.cached.push(id);
-            a.logits = Some(l);
-        }
-        Err(e) => fail(slot, &e.to_string()),
-    }
+    Some(id)
 }
 
 /// Reports a failure; the cache may be half-written, so the slot starts afresh next time.

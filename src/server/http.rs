@@ -82,6 +82,8 @@ async fn health(State(st): State<Arc<AppState>>) -> Json<Value> {
         "slots_processing": s.processing.load(Ordering::SeqCst),
         "slots_idle": st.engine.info.n_parallel.saturating_sub(s.processing.load(Ordering::SeqCst)),
         "queued": s.queued.load(Ordering::SeqCst),
+        "decode_graphs": s.decode_graphs.load(Ordering::SeqCst),
+        "decode_tokens": s.decode_tokens.load(Ordering::SeqCst),
     }))
 }
 

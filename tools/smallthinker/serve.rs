@@ -32,6 +32,13 @@ pub struct ServeArgs {
     threads: Option<usize>,
     #[arg(long, value_enum, default_value = "f16")]
     kv_type: KvTypeArg,
+    /// Run the MoE with plain ggml ops (mul_mat_id) instead of the sparse path.
+    #[arg(long)]
+    dense: bool,
+    /// Most slots whose decode steps share one graph (default: all of them; 1 steps each slot in its own
+    /// graph, for comparisons).
+    #[arg(long)]
+    decode_batch: Option<usize>,
     /// Requests that may wait for a free slot; more get 503.
     #[arg(long, default_value_t = 64)]
     queue: usize,
@@ -50,8 +57,14 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     if args.mem_budget.is_some() {
         bail!("--mem-budget is not supported yet");
     }
-    if args.parallel == 0 || args.batch == 0 || args.ctx == Some(0) || args.threads == Some(0) || args.queue == 0 {
-        bail!("--parallel, --batch, --ctx, --threads and --queue must be positive");
+    if args.parallel == 0
+        || args.decode_batch == Some(0)
+        || args.batch == 0
+        || args.ctx == Some(0)
+        || args.threads == Some(0)
+        || args.queue == 0
+    {
+        bail!("--parallel, --decode-batch, --batch, --ctx, --threads and --queue must be positive");
     }
     let params = ServerParams {
         engine: EngineParams {
@@ -62,6 +75,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
             n_threads: args.threads.unwrap_or_else(physical_cores),
             kv_type: args.kv_type.kv_type(),
             queue: args.queue,
+            dense: args.dense,
+            max_decode_batch: args.decode_batch.unwrap_or(args.parallel),
         },
         host: args.host.clone(),
         port: args.port,
