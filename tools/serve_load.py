@@ -7,7 +7,7 @@ Starts the server on a free port, then: (1) aggregate tokens/s and p50/p99 laten
 (2) the prompt-evaluation time of a multi-turn chat with and without the slot's cached prefix; (3) a bounded load
 test (mixed streaming and not) that must have zero failures, and the server's RSS at idle before and after.
 """
-import argparse
+import sys, argparse
 import http.client
 import json
 import statistics
@@ -30,8 +30,14 @@ args = ap.parse_args()
 
 proc = subprocess.Popen([args.binary, "serve", "-m", args.model, "--port", "0", "--parallel", str(args.parallel),
                          "--ctx", "1024", "-t", str(args.threads), "--queue", "256", *args.serve_arg], stderr=subprocess.PIPE, text=True)
-line = proc.stderr.readline()
-assert line.startswith("listening on http://"), line
+# Start-up log lines (the MoE path, ...) come first, the address line last.
+for _ in range(20):
+    line = proc.stderr.readline()
+    if line.startswith("listening on http://") or not line:
+        break
+if not line.startswith("listening on http://"):
+    proc.kill()
+    sys.exit(f"server did not start: {line!r}")
 HOST, PORT = line.strip().removeprefix("listening on http://").rsplit(":", 1)
 PORT = int(PORT)
 

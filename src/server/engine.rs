@@ -19,7 +19,9 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::gguf::GgufFile;
-use crate::model::{decode_batch, KvCache, KvParams, KvType, Model, MoeSetup, Rows, Session, SessionParams};
+use crate::model::{
+    decode_batch, BudgetParams, KvCache, KvParams, KvType, Model, MoeSetup, Rows, Session, SessionParams,
+};
 use crate::sampling::{Generation, Sampler, StopCriteria, StopReason};
 use crate::tokenizer::{Tokenizer, VocabSpec};
 
@@ -39,6 +41,11 @@ pub struct EngineParams {
     pub dense: bool,
     /// Most slots whose decode steps share one graph (1: a graph per slot, as before batching).
     pub max_decode_batch: usize,
+    /// Move the Q4_0 matrices (with `mem_budget`, only the dense ones) to ggml's repacked layout at load.
+    pub repack: bool,
+    /// Cap the process's memory: experts come from an expert cache (`MoeSetup::with_budget`). Its `n_batch`
+    /// and `n_outputs` are taken from here.
+    pub mem_budget: Option<BudgetParams>,
 }
 
 /// One generation request.
@@ -197,13 +204,26 @@ fn scheduler(
         Ok(f) => f,
         Err(e) => return drop(ready.send(Err(format!("{}: {e}", p.model.display())))),
     };
-    let wctx = match Model::context(&file) {
-        Ok(c) => c,
-        Err(e) => return drop(ready.send(Err(e.to_string()))),
+    if p.mem_budget.is_none() {
+        // Only a speed-up (as `run` does): pages mapped in before the first request.
+        let _ = file.prefault();
+    }
+    let (wctx, rctx) = match (Model::context(&file), Model::context(&file)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return drop(ready.send(Err(e.to_string()))),
     };
     let model = match Model::load(&wctx, &file) {
         Ok(m) => m,
         Err(e) => return drop(ready.send(Err(e.to_string()))),
+    };
+    let model = if p.repack {
+        // The expert cache reads the file's layout: with a budget only the dense matrices move.
+        match model.repacked(&rctx, p.mem_budget.is_none()) {
+            Ok((m, _)) => m,
+            Err(e) => return drop(ready.send(Err(e.to_string()))),
+        }
+    } else {
+        model
     };
     let tok = match VocabSpec::from_gguf(&file)
         .map_err(|e| e.to_string())
@@ -225,26 +245,46 @@ fn scheduler(
             Err(e) => return drop(ready.send(Err(e.to_string()))),
         }
     }
+    let mut kvs = Vec::new();
+    for kctx in &kctxs {
+        match KvCache::new(kctx, &model.hp, kv_params) {
+            Ok(kv) => kvs.push(kv),
+            Err(e) => return drop(ready.send(Err(e.to_string()))),
+        }
+    }
     let session_params = SessionParams {
         n_threads: p.n_threads,
         dense: p.dense,
         ..Default::default()
     };
-    // One sparse-path state (transposed down copies) for all slots, not one per slot.
-    let moe = MoeSetup::new(&model, &session_params);
+    // One sparse-path state (and expert cache) for all slots, not one per slot.
+    let moe = match &p.mem_budget {
+        None => MoeSetup::new(&model, &session_params),
+        Some(b) => {
+            let kv_bytes = kvs.iter().map(KvCache::allocated_bytes).sum();
+            let b = BudgetParams {
+                n_batch: kv_params.n_batch,
+                n_outputs: p.n_parallel as u32,
+                n_threads: p.n_threads,
+                ..b.clone()
+            };
+            match MoeSetup::with_budget(&model, kv_bytes, &b) {
+                Ok((m, _)) => m,
+                Err(e) => return drop(ready.send(Err(e.to_string()))),
+            }
+        }
+    };
+    eprintln!("moe: {}", moe.description());
     let mut slots = Vec::new();
-    for kctx in &kctxs {
-        let session = KvCache::new(kctx, &model.hp, kv_params)
-            .map_err(|e| e.to_string())
-            .and_then(|kv| Session::with_moe(&model, kv, session_params, moe.clone()).map_err(|e| e.to_string()));
-        match session {
+    for kv in kvs {
+        match Session::with_moe(&model, kv, session_params, moe.clone()) {
             Ok(session) => slots.push(Slot {
                 session,
                 cached: Vec::new(),
                 active: None,
                 last_used: 0,
             }),
-            Err(e) => return drop(ready.send(Err(e))),
+            Err(e) => return drop(ready.send(Err(e.to_string()))),
         }
     }
     let info = ModelInfo {

@@ -21,8 +21,16 @@ def start_server():
     args = [BIN, "serve", "-m", MODEL, "--port", "0", "--parallel", "2", "--ctx", str(CTX),
             "--api-key", KEY, "--max-body", "65536", "-t", "1"]
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
-    line = proc.stderr.readline()
-    assert line.startswith("listening on http://"), f"server did not start: {line!r}"
+    # Start-up log lines (the MoE path, ...) come first, as llama-server's do; the address line last.
+    seen = []
+    for _ in range(20):
+        line = proc.stderr.readline()
+        seen.append(line)
+        if line.startswith("listening on http://") or not line:
+            break
+    if not line.startswith("listening on http://"):
+        proc.kill()
+        raise AssertionError(f"server did not start: {seen!r}")
     host, port = line.strip().removeprefix("listening on http://").rsplit(":", 1)
     return proc, host, int(port)
 

@@ -39,8 +39,14 @@ def completion(port, prompt):
 args = [BIN, "serve", "-m", MODEL, "--port", "0", "--parallel", "3", "--ctx", "256", "--batch", "16", "-t", "1"]
 proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
 try:
-    line = proc.stderr.readline()
-    assert line.startswith("listening on http://"), f"server did not start: {line!r}"
+    # Start-up log lines (the MoE path, ...) come first; the address line last.
+    seen = []
+    for _ in range(20):
+        line = proc.stderr.readline()
+        seen.append(line)
+        if line.startswith("listening on http://") or not line:
+            break
+    assert line.startswith("listening on http://"), f"server did not start: {seen!r}"
     port = int(line.strip().rsplit(":", 1)[1])
     alone = [completion(port, p) for p in PROMPTS]
     assert all(n == N for _, n in alone), alone

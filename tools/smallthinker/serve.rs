@@ -2,9 +2,11 @@
 use std::path::PathBuf;
 
 use anyhow::bail;
+use smallthinker::graph::CachePolicy;
+use smallthinker::model::BudgetParams;
 use smallthinker::server::{EngineParams, Server, ServerParams};
 
-use crate::common::{physical_cores, KvTypeArg};
+use crate::common::{parse_size, physical_cores, KvTypeArg};
 
 /// Arguments of `serve`.
 #[derive(clap::Args)]
@@ -48,15 +50,19 @@ pub struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     max_body: usize,
-    /// Memory budget (not supported yet).
+    /// Cap on the memory the process holds (e.g. 1G): experts are read from the GGUF into a cache shared by
+    /// the slots, as with `run --mem-budget`.
+    #[arg(long, value_parser = parse_size)]
+    mem_budget: Option<u64>,
+    /// Which cached expert gives way with --mem-budget: lru or freq.
+    #[arg(long, default_value = "lru", requires = "mem_budget")]
+    cache_policy: CachePolicy,
+    /// Keep every matrix in the file's layout instead of ggml's repacked one.
     #[arg(long)]
-    mem_budget: Option<String>,
+    no_repack: bool,
 }
 
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
-    if args.mem_budget.is_some() {
-        bail!("--mem-budget is not supported yet");
-    }
     if args.parallel == 0
         || args.decode_batch == Some(0)
         || args.batch == 0
@@ -77,6 +83,18 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
             queue: args.queue,
             dense: args.dense,
             max_decode_batch: args.decode_batch.unwrap_or(args.parallel),
+            repack: !args.no_repack,
+            mem_budget: args.mem_budget.map(|bytes| BudgetParams {
+                bytes,
+                policy: args.cache_policy,
+                io_threads: 4,
+                n_threads: 0,
+                n_batch: 0,
+                n_outputs: 0,
+                frequencies: None,
+                pinned: Vec::new(),
+                assume_resident: None,
+            }),
         },
         host: args.host.clone(),
         port: args.port,
