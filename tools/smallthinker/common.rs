@@ -137,7 +137,10 @@ pub enum RepackArg {
 #[derive(clap::ValueEnum, Clone, Copy)]
 pub enum MoeDownArg {
     Auto,
+    // ggml's type names, not clap's default kebab-case (q8-0).
+    #[value(name = "q8_0")]
     Q8_0,
+    #[value(name = "q4_0")]
     Q4_0,
     F32,
     /// No transposed copy: down as the GGUF stores it (the layout of the --mem-budget expert cache).
