@@ -190,39 +190,30 @@ impl SparseMoe {
                     up.y_type(),
                     n_embd,
                 ))?;
-                if down == DownType::Native {
+                // The down side: the file's layout read whole, or a neuron-major copy read by active neuron.
+                let (down_rows, down_t, native) = if down == DownType::Native {
                     let dot = RowDot::new(src_ty, n_ff).ok_or(unsupported("ffn_down_exps", src_ty, n_ff))?;
                     let h_q = RowQuant::new(dot.y_type(), n_ff).ok_or(unsupported(
                         "ffn_down_exps activations",
                         dot.y_type(),
                         n_ff,
                     ))?;
-                    return Ok(Arc::new(LayerState {
-                        il,
-                        down: RowDequant::new(GgmlType::F32, n_embd).expect("F32 rows"),
-                        down_t: AlignedBytes::zeroed(0),
-                        native: Some(NativeDown { dot, h_q }),
-                        gate,
-                        up,
-                        gate_q,
-                        up_q,
-                        ids: RwLock::new(Vec::new()),
-                        p: *p,
-                        n_embd,
-                        shared: shared.clone(),
-                    }));
-                }
-                let src_deq = RowDequant::new(src_ty, n_ff).ok_or(unsupported("ffn_down_exps", src_ty, n_ff))?;
-                let bytes = w.down_exps.to_bytes().map_err(|e| SparseMoeError::Read {
-                    layer: il,
-                    message: e.to_string(),
-                })?;
-                let down_t = transpose_down(&bytes, src_deq, ty, n_embd, n_ff, n_expert, n_threads);
+                    let f32_rows = RowDequant::new(GgmlType::F32, n_embd).expect("F32 rows");
+                    (f32_rows, AlignedBytes::zeroed(0), Some(NativeDown { dot, h_q }))
+                } else {
+                    let src_deq = RowDequant::new(src_ty, n_ff).ok_or(unsupported("ffn_down_exps", src_ty, n_ff))?;
+                    let bytes = w.down_exps.to_bytes().map_err(|e| SparseMoeError::Read {
+                        layer: il,
+                        message: e.to_string(),
+                    })?;
+                    let down_t = transpose_down(&bytes, src_deq, ty, n_embd, n_ff, n_expert, n_threads);
+                    (RowDequant::new(ty, n_embd).expect("checked above"), down_t, None)
+                };
                 Ok(Arc::new(LayerState {
                     il,
-                    down: RowDequant::new(ty, n_embd).expect("checked above"),
+                    down: down_rows,
                     down_t,
-                    native: None,
+                    native,
                     gate,
                     up,
                     gate_q,
