@@ -2,8 +2,8 @@
 //! bounded reads of tensor rows.
 //!
 //! Data is read with positioned reads (`pread`) into small buffers rather than memory-mapped: mapped pages of an
-//! 8-43 GB checkpoint would count towards the process RSS, and the crate keeps `unsafe` (which `Mmap::map` needs)
-//! inside `src/ggml/`.
+//! 8-43 GB checkpoint would count towards the process RSS, and mapping a file is the kind of FFI-boundary code
+//! the crate keeps in `src/ggml/` (the only module allowed it; `lib.rs` denies it everywhere else).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;

@@ -207,8 +207,7 @@ pub struct CacheCore {
 impl ExpertCache {
     /// Bytes one slot takes for these extents (all experts' regions, 4 KiB-aligned, plus alignment slack).
     pub fn slot_bytes(extents: &[ExpertExtents]) -> usize {
-        let region = |f: fn(&ExpertExtents) -> Extent| extents.iter().map(|x| f(x).region_len()).max().unwrap_or(0);
-        region(|x| x.gate) + region(|x| x.up) + region(|x| x.down) + ALIGN as usize
+        region(extents, |x| x.gate) + region(extents, |x| x.up) + region(extents, |x| x.down) + ALIGN as usize
     }
 
     /// `extents` and `names` (the three tensor names of each layer) are layer-major, `n_expert` per layer.
@@ -220,8 +219,7 @@ impl ExpertCache {
         p: CacheParams,
     ) -> ExpertCache {
         let slot_len = ExpertCache::slot_bytes(&extents);
-        let region = |f: fn(&ExpertExtents) -> Extent| extents.iter().map(|x| f(x).region_len()).max().unwrap_or(0);
-        let (rg, ru) = (region(|x| x.gate), region(|x| x.up));
+        let (rg, ru) = (region(&extents, |x| x.gate), region(&extents, |x| x.up));
         let slots = (0..p.n_slots)
             .map(|_| {
                 RwLock::new(SlotBuf {
@@ -494,7 +492,7 @@ impl CacheCore {
         let bytes = bytes.as_mut_slice();
         // Regions start page-aligned in memory: the slack at the front of the buffer absorbs its address.
         let lead = bytes.as_ptr().align_offset(ALIGN as usize);
-        let (rg, ru) = (self.region(|x| x.gate), self.region(|x| x.up));
+        let (rg, ru) = (region(&self.extents, |x| x.gate), region(&self.extents, |x| x.up));
         let starts = [lead, lead + rg, lead + rg + ru];
         let mut total = 0u64;
         for (i, ext) in [x.gate, x.up, x.down].into_iter().enumerate() {
@@ -505,10 +503,11 @@ impl CacheCore {
         }
         Ok(total)
     }
+}
 
-    fn region(&self, f: fn(&ExpertExtents) -> Extent) -> usize {
-        self.extents.iter().map(|x| f(x).region_len()).max().unwrap_or(0)
-    }
+/// Bytes of a slot region that holds matrix `f` of any of these experts, read aligned.
+fn region(extents: &[ExpertExtents], f: fn(&ExpertExtents) -> Extent) -> usize {
+    extents.iter().map(|x| f(x).region_len()).max().unwrap_or(0)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -9,10 +9,10 @@
 //! rows of a decode batch are independent tokens, for which the sparse op still skips the up/down rows of
 //! inactive neurons per token and groups the tokens by expert, so a chunk's gate/up rows are read once per step.
 
-use super::session::{seq_attn_inputs, set_seq_inputs};
+use super::session::{graph_context, seq_attn_inputs, set_seq_inputs};
 use super::smallthinker::{build, graph_size, GraphInputs, SeqInputs};
 use super::{EvalError, Rows, Session};
-use crate::ggml::{Context, ContextParams, Tensor};
+use crate::ggml::Tensor;
 use crate::gguf::GgmlType;
 
 /// Evaluates `tokens[i]` as the next position of `sessions[i]`, all in one graph, and returns each session's
@@ -55,10 +55,7 @@ pub fn decode_batch(sessions: &mut [&mut Session<'_>], tokens: &[u32]) -> Result
     let n = sessions.len();
     let plans: Vec<_> = sessions.iter_mut().map(|s| s.kv.place(s.n_past, 1)).collect();
     let n_nodes = graph_size(hp, n);
-    let ctx = Context::new(ContextParams {
-        mem_size: 2 * n_nodes * Context::tensor_overhead() + Context::graph_overhead(n_nodes),
-        no_alloc: true,
-    })?;
+    let ctx = graph_context(n_nodes)?;
     let input =
         |name: &str, ty: GgmlType, ne: &[i64]| -> Tensor<'_> { ctx.new_tensor(ty, ne).set_name(name).set_input() };
     let rows = n as i64;
@@ -101,10 +98,7 @@ pub fn decode_batch(sessions: &mut [&mut Session<'_>], tokens: &[u32]) -> Result
         set_seq_inputs(seq, plan)?;
     }
     gf.compute_with_backend(&sessions[0].backend)?;
-    if let Some(e) = moe.sparse().and_then(|s| s.cache()).and_then(|c| c.take_error()) {
-        // Some expert rows were zeros: the caches now hold positions computed from them.
-        return Err(e.into());
-    }
+    moe.check_reads()?;
     drop(inputs);
     for s in sessions.iter_mut() {
         s.n_past += 1;

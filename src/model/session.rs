@@ -165,6 +165,15 @@ impl MoeSetup {
         }
     }
 
+    /// After a compute: the expert cache's first read error, if any. Its rows were zeros, so the KV caches now
+    /// hold positions computed from them and the evaluation must fail.
+    pub(super) fn check_reads(&self) -> Result<(), ExpertReadError> {
+        match self.sparse().and_then(|s| s.cache()).and_then(|c| c.take_error()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// For the start-up log: "sparse (down transposed to Q8_0, N MiB ...)" or "dense (...)".
     pub fn description(&self) -> &str {
         &self.description
@@ -339,10 +348,7 @@ impl<'a> Session<'a> {
         let n_tokens = tokens.len() as u32;
         let plan = self.kv.place(self.n_past, n_tokens);
         let n_nodes = graph_size(hp, 1);
-        let ctx = Context::new(ContextParams {
-            mem_size: 2 * n_nodes * Context::tensor_overhead() + Context::graph_overhead(n_nodes),
-            no_alloc: true,
-        })?;
+        let ctx = graph_context(n_nodes)?;
         let input =
             |name: &str, ty: GgmlType, ne: &[i64]| -> Tensor<'_> { ctx.new_tensor(ty, ne).set_name(name).set_input() };
         let n = i64::from(n_tokens);
@@ -382,10 +388,7 @@ impl<'a> Session<'a> {
         pos.set_i32(&positions)?;
         set_seq_inputs(&inputs.seqs[0], &plan)?;
         gf.compute_with_backend(&self.backend)?;
-        if let Some(e) = self.moe.sparse().and_then(|s| s.cache()).and_then(|c| c.take_error()) {
-            // Some expert rows were zeros: the cache now holds positions computed from them.
-            return Err(e.into());
-        }
+        self.moe.check_reads()?;
         self.n_past += n_tokens;
         for t in keep {
             let t = if t.is_contiguous() { t } else { continue };
@@ -406,6 +409,14 @@ impl<'a> Session<'a> {
 
 /// The attention inputs of one sequence (full layers, SWA layers) for a graph being built in `ctx`: `pos` are
 /// its rows' positions, `tag` tells the input names of several sequences apart.
+/// A `no_alloc` compute context with room for a graph of `n_nodes` nodes and their tensors.
+pub(super) fn graph_context(n_nodes: usize) -> Result<Context, GgmlError> {
+    Context::new(ContextParams {
+        mem_size: 2 * n_nodes * Context::tensor_overhead() + Context::graph_overhead(n_nodes),
+        no_alloc: true,
+    })
+}
+
 pub(super) fn seq_attn_inputs<'c>(
     ctx: &'c Context,
     kernel: AttnKernel,
