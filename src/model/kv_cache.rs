@@ -122,6 +122,31 @@ impl Cells {
     }
 }
 
+impl Cells {
+    /// Whether every position a query at `n` still sees (`n - n_swa + 1 .. n` for a ring, all of `..n`
+    /// otherwise) is held, so that the cache can go on from `n` after dropping the later positions.
+    fn can_keep(&self, n: u32) -> bool {
+        let size = self.pos.len() as i64;
+        let n = i64::from(n);
+        let first = self.n_swa.map_or(0, |w| (n - w + 1).max(0));
+        (first..n).all(|p| self.pos[(p % size) as usize] == p)
+    }
+
+    /// Drops positions `n..` (their cells become empty). Left in place they would stay invisible (a query never
+    /// sees a later position, and each position's cell is rewritten before a query gets there); emptied, the
+    /// full cache reads only `..n` again.
+    fn keep(&mut self, n: u32) {
+        for p in self.pos.iter_mut().filter(|p| **p >= i64::from(n)) {
+            *p = -1;
+        }
+        // A full cache never wraps, so its used cells are exactly `..n` again; a ring keeps its used length
+        // (cells before the wrap point hold positions the window still needs).
+        if self.n_swa.is_none() {
+            self.used = self.used.min(n as usize);
+        }
+    }
+}
+
 /// Where one batch goes in one kind of cache, and what each of its queries may see.
 #[derive(Clone, Debug)]
 pub struct BatchCells {
@@ -237,6 +262,20 @@ impl<'k> KvCache<'k> {
         }
     }
 
+    /// Keeps positions `..n` and forgets the later ones, so that the sequence can go on from `n` (a chat turn
+    /// that shares only part of the cached tokens). Returns false and changes nothing when a sliding-window
+    /// ring has already overwritten positions that a query at `n` would see; the caller must then start over.
+    pub fn truncate(&mut self, n: u32) -> bool {
+        let cells = || std::iter::once(&self.full).chain(self.swa.as_ref());
+        if !cells().all(|c| c.can_keep(n)) {
+            return false;
+        }
+        for c in std::iter::once(&mut self.full).chain(self.swa.as_mut()) {
+            c.keep(n);
+        }
+        true
+    }
+
     /// Forgets every position (the tensors keep stale values, which the mask hides).
     pub fn clear(&mut self) {
         for c in std::iter::once(&mut self.full).chain(self.swa.as_mut()) {
@@ -278,6 +317,34 @@ mod tests {
         let b = c.place(3, 1);
         assert_eq!((b.idxs.as_slice(), b.n_kv), ([3i64].as_slice(), 4));
         assert!(b.mask().iter().all(|v| *v == 0.0));
+    }
+
+    #[test]
+    fn truncate_keeps_a_prefix_until_the_ring_lost_it() {
+        // window 4, batches of up to 2: 6 cells; positions 0..8 written, cells hold [6, 7, 2, 3, 4, 5]
+        let mut c = Cells::new(6, Some(4));
+        for n in [0, 2, 4, 6] {
+            c.place(n, 2);
+        }
+        // A query at 6 sees 3..=6: 3, 4, 5 are held (6 is rewritten), so the ring can go on from 6.
+        assert!(c.can_keep(6));
+        // A query at 5 sees 2..=5: all held. At 4 it sees 1..=4, and 1 was overwritten by 7.
+        assert!(c.can_keep(5));
+        assert!(!c.can_keep(4));
+        c.keep(5);
+        assert_eq!(c.pos, [-1, -1, 2, 3, 4, -1]);
+        let b = c.place(5, 1);
+        assert_eq!(b.idxs, [5]);
+        assert_eq!(b.cell_pos, [-1, -1, 2, 3, 4, 5]);
+        let vis: Vec<bool> = b.mask().iter().map(|v| *v == 0.0).collect();
+        assert_eq!(vis, [false, false, true, true, true, true]); // query 5 sees 2..=5
+
+        let mut f = Cells::new(8, None);
+        f.place(0, 5);
+        assert!(f.can_keep(3) && f.can_keep(0));
+        f.keep(3);
+        assert_eq!((f.used, &f.pos[..5]), (3, [0, 1, 2, -1, -1].as_slice()));
+        assert_eq!(f.place(3, 1).cell_pos, [0, 1, 2, 3]);
     }
 
     fn hp(n_layer: u32, n_embd_head: u32, n_head_kv: u32) -> Hparams {

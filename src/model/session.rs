@@ -278,6 +278,17 @@ impl<'a> Session<'a> {
         self.attn = kernel;
     }
 
+    /// Goes back to position `n` (keeping the first `n` positions), so that the next `eval` continues from
+    /// there. Returns false, and changes nothing, when `n` is past the positions seen or a sliding-window ring
+    /// no longer holds what position `n` needs (then `reset` and evaluate from the start).
+    pub fn truncate(&mut self, n: u32) -> bool {
+        if n > self.n_past || !self.kv.truncate(n) {
+            return false;
+        }
+        self.n_past = n;
+        true
+    }
+
     /// Starts a new sequence.
     pub fn reset(&mut self) {
         self.kv.clear();

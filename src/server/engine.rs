@@ -6,10 +6,13 @@
 //! whole length. Tokens go back to the HTTP side on a channel; a closed channel (the client went away) cancels
 //! the job and frees its slot.
 //!
-//! Prompt cache: each slot remembers the tokens its cache holds. A job goes to the free slot whose tokens are a
-//! prefix of its prompt (the next chat turn) and only the rest is evaluated; otherwise the slot is reset.
-//! `KvCache` has no way to drop cells after a position, so a prompt that only shares part of a slot's tokens is
-//! evaluated in full.
+//! Prompt cache: each slot remembers the tokens its cache holds. A job goes to the free slot that shares the
+//! longest prefix with its prompt, as long as that keeps at least half of what the slot holds (so one chat does
+//! not take over another's cache for a shared system prompt); else to the least recently used free slot. The
+//! slot's cache goes back to the shared prefix and only the rest of the prompt is evaluated. The shared part is
+//! usually shorter than the cached tokens: the next chat turn re-tokenizes the previous answer, which need not
+//! give the ids that were sampled. When a sliding-window ring no longer holds what the shared prefix needs, the
+//! slot starts over.
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
@@ -390,17 +393,24 @@ fn decode_group(slots: &mut [Slot<'_>], group: &[(usize, u32)]) {
     }
 }
 
-/// Puts `job` in the free slot whose cached tokens are the longest prefix of its prompt, else the least
-/// recently used free slot.
+/// The cached tokens of `cached` that a prompt can keep: their common prefix, less one token when the prompt
+/// is all cached (its last token must be evaluated again for the logits).
+fn reusable(cached: &[u32], prompt: &[u32]) -> usize {
+    let common = cached.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+    common.min(prompt.len().saturating_sub(1))
+}
+
+/// Puts `job` in the free slot that can keep the most of its cached tokens for this prompt, if that is at
+/// least half of them; else in the least recently used free slot.
 fn admit(slots: &mut [Slot<'_>], job: Job, stats: &EngineStats, clock: &mut u64) {
     stats.queued.fetch_sub(1, Ordering::SeqCst);
-    let extends = |s: &Slot<'_>| s.cached.len() < job.prompt.len() && job.prompt.starts_with(&s.cached);
     let free = || slots.iter().enumerate().filter(|(_, s)| s.active.is_none());
     let best = free()
-        .filter(|(_, s)| extends(s) && !s.cached.is_empty())
-        .max_by_key(|(_, s)| s.cached.len())
-        .or_else(|| free().min_by_key(|(_, s)| s.last_used))
-        .map(|(i, _)| i);
+        .map(|(i, s)| (i, s, reusable(&s.cached, &job.prompt)))
+        .filter(|&(_, s, n)| n > 0 && 2 * n >= s.cached.len())
+        .max_by_key(|&(_, _, n)| n)
+        .map(|(i, _, _)| i)
+        .or_else(|| free().min_by_key(|(_, s)| s.last_used).map(|(i, _)| i));
     let Some(i) = best else { return };
     *clock += 1;
     let slot = &mut slots[i];
@@ -423,7 +433,10 @@ fn prompt_chunk(slot: &mut Slot<'_>, n_batch: usize) {
     let Some(a) = slot.active.as_mut() else { return };
     let prompt = &a.job.prompt;
     if !a.prompt_started {
-        if !(prompt.len() > slot.cached.len() && prompt.starts_with(&slot.cached)) {
+        let keep = reusable(&slot.cached, prompt);
+        if slot.session.truncate(keep as u32) {
+            slot.cached.truncate(keep);
+        } else {
             slot.session.reset();
             slot.cached.clear();
         }

@@ -103,6 +103,18 @@ try:
     b = client.chat.completions.create(model="m", messages=turn2, max_tokens=4, temperature=0)
     assert b.usage.prompt_tokens_details.cached_tokens >= a.usage.prompt_tokens, b.usage
 
+    # A prompt that shares only its start with a slot's tokens: the cache goes back to the shared prefix (as
+    # llama-server's does), and the greedy text still equals `smallthinker run`.
+    base = "Once upon a time, in a land far away, there lived a small model that"
+    p1, p2 = base + " ran on a phone", base + " nobody had heard of"
+    client.completions.create(model="m", prompt=p1, max_tokens=4, temperature=0)
+    d = client.completions.create(model="m", prompt=p2, max_tokens=8, temperature=0)
+    t1, t2 = (json.loads(raw("POST", "/tokenize", {"content": p})[1])["tokens"] for p in (p1, p2))
+    shared = next(i for i, (a, b) in enumerate(zip(t1, t2)) if a != b)
+    bos = d.usage.prompt_tokens - len(t2)  # 1 if the prompt gets a BOS that /tokenize leaves out
+    assert 0 < shared < len(t2) and d.usage.prompt_tokens_details.cached_tokens == shared + bos, (d.usage, shared)
+    assert d.choices[0].text == run_cli(p2, 8), (d.choices[0].text, run_cli(p2, 8))
+
     # Seeds: the same seed gives the same sample, at a temperature where samples vary.
     def sample(seed):
         return client.completions.create(model="m", prompt=prompt, max_tokens=8, temperature=1.5,

@@ -7,7 +7,8 @@ our uncapped run for the ratio. Needs root and cgroup v1's memory controller (/s
         [--budget 1G] [--policy lru|freq] [--no-llama] [--json]
 
 The workload is `smallthinker bench`'s (tools/ref/llama_speed.py runs the same one on llama.cpp). A run that the
-kernel's OOM killer stops is reported as "oom-killed", with the group's peak usage. Prints a table, or with
+kernel's OOM killer stops is reported as "oom-killed", and one still going after --llama-timeout seconds as
+"thrashing", each with the group's peak usage, OOM kills, limit hits, major faults and the last progress line. Prints a table, or with
 --json one JSON line per run.
 """
 import argparse, json, os, subprocess, sys, time
@@ -35,8 +36,19 @@ def read(path):
         return f.read().strip()
 
 
-def run_capped(cmd, cap):
-    """Runs cmd inside a fresh memory cgroup limited to cap bytes; returns (json or None, status, peak bytes)."""
+def group_stat(name):
+    """The group's OOM kills, limit hits and major page faults (memory.oom_control, failcnt, memory.stat)."""
+    kills = next((int(l.split()[1]) for l in read(f"{name}/memory.oom_control").splitlines()
+                  if l.startswith("oom_kill ")), 0)
+    stat = dict(l.split() for l in read(f"{name}/memory.stat").splitlines())
+    return {"oom_kills": kills, "limit_hits": int(read(f"{name}/memory.failcnt")),
+            "major_faults": int(stat.get("total_pgmajfault", stat.get("pgmajfault", 0)))}
+
+
+def run_capped(cmd, cap, timeout=None):
+    """Runs cmd inside a fresh memory cgroup limited to cap bytes; returns (json or None, status, peak bytes).
+    A run still going after `timeout` seconds is killed and reported as thrashing, with the last progress
+    line it printed on stderr, the group's page faults and how often it hit the limit."""
     name = f"{CG}/smallthinker-bench-{os.getpid()}-{time.monotonic_ns()}"
     os.mkdir(name)
     try:
@@ -48,19 +60,34 @@ def run_capped(cmd, cap):
         drop_caches()
         # The shell joins the group, then becomes the benchmark: everything it maps or reads is charged there.
         wrapped = ["sh", "-c", f'echo $$ > {name}/cgroup.procs && exec "$@"', "sh"] + cmd
-        p = subprocess.run(wrapped, capture_output=True, text=True)
+        t0 = time.monotonic()
+        p = subprocess.Popen(wrapped, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        timed_out = False
+        try:
+            stdout, stderr = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            p.kill()
+            stdout, stderr = p.communicate()
+        secs = time.monotonic() - t0
         peak = int(read(f"{name}/memory.max_usage_in_bytes"))
-        oom = "oom_kill 0" not in read(f"{name}/memory.oom_control")
+        g = group_stat(name)
         out = None
-        for line in p.stdout.splitlines():
+        for line in stdout.splitlines():
             if line.startswith("{"):
                 out = json.loads(line)
+        progress = [l for l in stderr.splitlines() if l.startswith("phase ")]
+        reached = progress[-1] if progress else "no progress line"
+        facts = (f"{secs:.0f} s, {g['oom_kills']} OOM kills, {g['limit_hits']} limit hits, "
+                 f"{g['major_faults']} major faults, last: {reached}")
         if p.returncode == 0 and out is not None:
             status = "ok"
-        elif oom or p.returncode in (-9, 137):
-            status = "oom-killed"
+        elif timed_out:
+            status = f"thrashing: no result in {timeout} s, killed ({facts})"
+        elif g["oom_kills"] > 0:
+            status = f"oom-killed ({facts})"
         else:
-            status = f"failed ({p.returncode}): {p.stderr.strip().splitlines()[-1:] }"
+            status = f"failed ({p.returncode}): {stderr.strip().splitlines()[-1:]} ({facts})"
         return out, status, peak
     finally:
         # The group can only be removed once empty; the benchmark has exited.
@@ -83,6 +110,8 @@ def main():
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--gen", type=int, default=64)
     ap.add_argument("--no-llama", action="store_true", help="skip llama.cpp under the cap")
+    ap.add_argument("--llama-timeout", type=float, default=600,
+                    help="seconds after which llama.cpp under the cap is stopped and reported as thrashing")
     ap.add_argument("--no-uncapped", action="store_true", help="skip our uncapped run")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "smallthinker"))
     ap.add_argument("--python", default=sys.executable, help="python with llama_cpp")
@@ -109,7 +138,7 @@ def main():
     runs.append((f"ours --mem-budget {budget} ({a.policy})", *r))
     if not a.no_llama:
         llama = [a.python, os.path.join(ROOT, "tools", "ref", "llama_speed.py"), a.model] + work
-        r = run_capped(llama, cap)
+        r = run_capped(llama, cap, a.llama_timeout)
         runs.append(("llama.cpp", *r))
 
     base = runs[0][1] if not a.no_uncapped and runs[0][1] else None

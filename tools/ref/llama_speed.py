@@ -13,13 +13,18 @@ Ids wrap modulo the vocabulary, as ours do.
 
 Prints one JSON line: engine, prefill_tps, decode_tps, peak_rss_mb, threads, prompt, gen, depth.
 """
-import argparse, json, resource, time
+import argparse, json, resource, sys, time
 
 import llama_cpp
 
 
 def ids(base, n, n_vocab):
     return [(base + i) % n_vocab for i in range(n)]
+
+
+def phase(name, t_start):
+    """Progress on stderr, so that a run stopped from outside (a memory cap, a timeout) shows how far it got."""
+    print(f"phase {name} at {time.perf_counter() - t_start:.1f} s", file=sys.stderr, flush=True)
 
 
 def main():
@@ -32,8 +37,10 @@ def main():
     a = ap.parse_args()
     if a.prompt < 1 or a.gen < 1 or a.depth < 0 or a.threads < 1:
         ap.error("--prompt and --gen must be >= 1, --depth >= 0, --threads >= 1")
+    start = time.perf_counter()
     m = llama_cpp.Llama(model_path=a.model, n_ctx=a.depth + a.prompt + a.gen + 16, n_threads=a.threads,
                         n_batch=512, logits_all=False, verbose=False)
+    phase("loaded", start)
     n_vocab = m.n_vocab()
     m.eval(ids(1000, 4, n_vocab))  # warm-up
     m.reset()
@@ -43,6 +50,7 @@ def main():
     t0 = time.perf_counter()
     m.eval(prompt)
     t1 = time.perf_counter()
+    phase("prefilled", start)
     for t in ids(2000, a.gen, n_vocab):
         m.eval([t])
     t2 = time.perf_counter()
