@@ -2,7 +2,7 @@
 """Throughput, latency, prompt-cache and load figures for `smallthinker serve` on loopback (stdlib only).
 
 usage: tools/serve_load.py BINARY MODEL.gguf [--parallel 4] [--requests 300] [--concurrency 8] [--max-tokens 16]
-                           [--clients 1,2,4,8] [--throughput-only] [--serve-arg=--decode-batch=1 ...]
+                           [--clients 1,2,4,8] [--throughput-only] [--multiturn-only] [--serve-arg=... ...]
 Starts the server on a free port, then: (1) aggregate tokens/s and p50/p99 latency at 1, 2, 4, 8 clients;
 (2) the prompt-evaluation time of a multi-turn chat with and without the slot's cached prefix; (3) a bounded load
 test (mixed streaming and not) that must have zero failures, and the server's RSS at idle before and after.
@@ -25,6 +25,7 @@ ap.add_argument("--max-tokens", type=int, default=16)
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--clients", default="1,2,4,8", help="client counts of the throughput table")
 ap.add_argument("--throughput-only", action="store_true", help="only the throughput table")
+ap.add_argument("--multiturn-only", action="store_true", help="only the multi-turn prompt-cache table")
 ap.add_argument("--serve-arg", action="append", default=[], help="extra server argument (repeatable)")
 args = ap.parse_args()
 
@@ -134,7 +135,7 @@ try:
     print(f"model {args.model}, --parallel {args.parallel}, -t {args.threads}, max_tokens {args.max_tokens}"
           f" {' '.join(args.serve_arg)}")
     print("clients  requests  tokens/s  p50 latency  p99 latency  decode tokens/graph")
-    for c in map(int, args.clients.split(",")):
+    for c in [] if args.multiturn_only else map(int, args.clients.split(",")):
         g0, t0 = decode_counts()
         r = run_clients(c, max(8, 4 * c), False)
         g1, t1 = decode_counts()
@@ -151,17 +152,18 @@ try:
         _, _, _, j = post("/v1/chat/completions", {"messages": msgs, "max_tokens": 16, "temperature": 0})
         warm.append((j["timings"]["prompt_ms"], j["usage"]["prompt_tokens"], j["timings"]["cache_n"]))
         msgs.append({"role": "assistant", "content": j["choices"][0]["message"]["content"]})
-    # Cold: fill every slot with unrelated prompts first so no cache matches.
-    for i in range(args.parallel):
-        post("/v1/completions", {"prompt": f"unrelated {i}", "max_tokens": 1})
+    # Cold: the same prompts with a different first word, so that no slot shares more than the chat template's
+    # first tokens with them (the server reuses any common prefix).
     for turn in range(4):
-        _, _, _, j = post("/v1/chat/completions", {"messages": msgs[:2 * turn + 1], "max_tokens": 1, "temperature": 0})
-        cold.append(j["timings"]["prompt_ms"])
-        for i in range(args.parallel):
-            post("/v1/completions", {"prompt": f"evict {turn} {i}", "max_tokens": 1})
-    print("turn  prompt tokens  cached  prompt ms (cache)  prompt ms (cold)")
-    for t, ((ms, n, cache_n), cms) in enumerate(zip(warm, cold)):
-        print(f"{t + 1:4d}  {n:13d}  {cache_n:6d}  {ms:17.1f}  {cms:16.1f}")
+        first = dict(msgs[0], content=f"Cold {turn}. " + msgs[0]["content"])
+        _, _, _, j = post("/v1/chat/completions", {"messages": [first] + msgs[1:2 * turn + 1], "max_tokens": 1,
+                                                   "temperature": 0})
+        cold.append((j["timings"]["prompt_ms"], j["timings"]["cache_n"]))
+    print("turn  prompt tokens  cached  prompt ms (cache)  prompt ms (cold, cached)  speed-up")
+    for t, ((ms, n, cache_n), (cms, ccache)) in enumerate(zip(warm, cold)):
+        print(f"{t + 1:4d}  {n:13d}  {cache_n:6d}  {ms:17.1f}  {cms:16.1f} ({ccache:3d})  {cms / max(ms, 1e-3):7.2f}x")
+    if args.multiturn_only:
+        raise SystemExit(0)
 
     time.sleep(0.5)
     idle = rss_kib()
