@@ -121,3 +121,76 @@ fn missing_model_is_an_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/model.gguf"));
 }
+
+/// `weight_mb_per_token` against the file's tensor sizes: every tensor whole except the experts (`n_expert_used`
+/// of `n_expert`) and the embedding (one row, unless it is also the output matrix).
+#[test]
+fn weight_bytes_per_token_follow_the_file() {
+    use smallthinker::gguf::{GgufFile, Value};
+    for config in ["st4b", "st21b"] {
+        let path = fixture(config);
+        let file = GgufFile::open(&path).unwrap();
+        let int = |key: &str| match file.get(key) {
+            Some(Value::U32(v)) => u64::from(*v),
+            other => panic!("{key}: {other:?}"),
+        };
+        let (k, e) = (int("smallthinker.expert_used_count"), int("smallthinker.expert_count"));
+        let tied = file.tensor("output.weight").is_none();
+        let want: u64 = file
+            .tensors()
+            .iter()
+            .map(|t| match t.name.as_str() {
+                n if n.contains("_exps.") => t.size * k / e,
+                "token_embd.weight" => t.size / t.dims[1] + if tied { t.size } else { 0 },
+                _ => t.size,
+            })
+            .sum();
+        let out = Command::new(env!("CARGO_BIN_EXE_smallthinker"))
+            .args([
+                "bench",
+                "-m",
+                path.to_str().unwrap(),
+                "-t",
+                "1",
+                "--prompt",
+                "2",
+                "--gen",
+                "1",
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let got = v["weight_mb_per_token"].as_f64().unwrap();
+        assert!(
+            (got - want as f64 / 1e6).abs() < 1e-9,
+            "{config}: {got} MB, file says {want} bytes"
+        );
+        assert!(
+            want < file.tensors().iter().map(|t| t.size).sum::<u64>(),
+            "{config}: k < n_expert"
+        );
+    }
+}
+
+#[test]
+fn read_bandwidth_needs_no_model() {
+    let out = Command::new(env!("CARGO_BIN_EXE_smallthinker"))
+        .args(["bench", "--read-bandwidth", "-t", "1", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let gbps = v["read_gbps"].as_f64().unwrap();
+    // Any machine that runs this reads memory at more than 0.5 GB/s and less than 10 TB/s.
+    assert!(gbps > 0.5 && gbps < 1e4, "{gbps}");
+    assert_eq!(v["threads"], 1);
+    // Neither a model nor --read-bandwidth: a usage error naming --model.
+    let out = Command::new(env!("CARGO_BIN_EXE_smallthinker"))
+        .arg("bench")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--model"));
+}

@@ -6,15 +6,22 @@
 #   st21b-skew-q4_0-pure.gguf   21B shape (12.1 GB), --routing-skew 0.25 (16 hot of 64)
 #   st21b-q4_0-pure.gguf        21B shape, default routers
 #   st4b-token-q4_0-pure.gguf   4B shape, --token-routing (near-uniform routing)
-# Then the expert profiles of the 4B files on ~2000 tokens of the KJV bible (apt-get install bible-kjv).
-# Usage: tools/bench-models.sh [OUT_DIR=/work/bench]   (about 25 GB of disk; 21B files ~6-13 min each on 2 cores)
+#   st21b-token-q4_0-pure.gguf  21B shape, --token-routing
+# Then the expert profiles of the 4B files and the skewed and near-uniform 21B files on ~2000 tokens of the KJV
+# bible (apt-get install bible-kjv).
+# Usage: tools/bench-models.sh [OUT_DIR=/work/bench] [NAME ...]   (NAMEs: a subset of the above, e.g. st4b-skew;
+# about 45 GB of disk for all; 21B files ~6-13 min each on 2 cores)
 set -euo pipefail
 OUT=${1:-/work/bench}
 B=${SMALLTHINKER:-$(dirname "$0")/../target/release/smallthinker}
 mkdir -p "$OUT/synth"
+shift || true
+WANT=" $* "
+wanted() { [ "$WANT" = "  " ] || [[ "$WANT" == *" $1 "* ]]; }
 gen() { # name shape flags...
     local name=$1 shape=$2
     shift 2
+    wanted "$name" || return 0
     echo "== $name $(date -u +%T)"
     nice -n 10 "$B" synth "$OUT/synth/$name" --shape "$shape" --seed 0 "$@" \
         --gguf "$OUT/$name-q4_0-pure.gguf" --type q4_0-pure --gguf-only
@@ -24,8 +31,10 @@ gen st4b-skew 4b --routing-skew 0.25
 gen st21b-skew 21b --routing-skew 0.25
 gen st21b 21b
 gen st4b-token 4b --token-routing
+gen st21b-token 21b --token-routing
 [ -s "$OUT/kjv.txt" ] || bible "gen1:1-rev22:21" > "$OUT/kjv.txt"
-for name in st4b st4b-skew st4b-token; do
+for name in st4b st4b-skew st4b-token st21b-skew st21b-token; do
+    wanted "$name" || continue
     nice -n 10 "$B" profile-experts -m "$OUT/$name-q4_0-pure.gguf" -f "$OUT/kjv.txt" -n 2000 -t 2 \
         -o "$OUT/$name.profile.json"
 done

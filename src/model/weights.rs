@@ -59,6 +59,24 @@ impl<'w> Model<'w> {
         })
     }
 
+    /// Weight bytes one decode step reads when every matrix it uses is read whole: each layer's attention,
+    /// norms, router and `n_expert_used` experts (gate, up and down), the output norm and matrix, and one row of
+    /// the embedding. The memory-bandwidth roofline of decode divides the read bandwidth by this.
+    pub fn decode_weight_bytes(&self) -> u64 {
+        let n = |t: Tensor<'_>| t.nbytes() as u64;
+        let (k, e) = (u64::from(self.hp.n_expert_used), u64::from(self.hp.n_expert.max(1)));
+        let layers: u64 = self
+            .layers
+            .iter()
+            .map(|l| {
+                let (a, x) = (&l.attn, &l.experts);
+                let dense = n(l.attn_norm) + n(a.wq) + n(a.wk) + n(a.wv) + n(a.wo) + n(l.ffn_norm) + n(l.ffn_gate_inp);
+                dense + k * (n(x.gate_exps) + n(x.up_exps) + n(x.down_exps)) / e
+            })
+            .sum();
+        layers + n(self.output_norm) + n(self.output) + n(self.tok_embd) / u64::from(self.hp.n_vocab.max(1))
+    }
+
     /// Reads the hyperparameters, validates every tensor against the declared table, and creates the weight
     /// tensors in `ctx` (from [`Model::context`]) over the file's bytes, without copying.
     pub fn load(ctx: &'w Context, file: &'w GgufFile) -> Result<Model<'w>, LoadError> {

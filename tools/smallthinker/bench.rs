@@ -7,6 +7,12 @@
 //! 4. decode, timed: `--gen` single-token steps feeding 2000, 2001, ...
 //!
 //! Ids wrap modulo the vocabulary (tiny test models). Peak RSS is the kernel's high-water mark (VmHWM).
+//! `weight_mb_per_token` is what a decode step reads of the weights with whole expert matrices
+//! ([`Model::decode_weight_bytes`]); times decode_tps and divided by `bench --read-bandwidth`'s figure, it is the
+//! share of the memory-bandwidth roofline reached.
+//!
+//! `smallthinker bench --read-bandwidth [-t T]` measures that bandwidth instead: the best of five passes of T
+//! threads summing a 1 GiB buffer (far beyond the caches), one JSON line `{"read_gbps": ..}`.
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -30,8 +36,11 @@ pub const DEPTH_BASE: u32 = 3000;
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// The GGUF model.
-    #[arg(short = 'm', long = "model")]
-    model: PathBuf,
+    #[arg(short = 'm', long = "model", required_unless_present = "read_bandwidth")]
+    model: Option<PathBuf>,
+    /// Measure the machine's streaming read bandwidth with -t threads instead (no model).
+    #[arg(long, conflicts_with = "model")]
+    read_bandwidth: bool,
     /// Prompt tokens to prefill (timed).
     #[arg(long, default_value_t = 128)]
     prompt: u32,
@@ -91,9 +100,51 @@ fn check_flags(a: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sums a slice with eight independent lanes (the loads, not the adds, set the pace).
+fn sum_words(words: &[u64]) -> u64 {
+    let mut acc = [0u64; 8];
+    for w in words.chunks_exact(8) {
+        for (a, &x) in acc.iter_mut().zip(w) {
+            *a = a.wrapping_add(x);
+        }
+    }
+    acc.iter().fold(0, |s, &x| s.wrapping_add(x))
+}
+
+/// Streaming read bandwidth in GB/s: the best of five passes of `threads` threads over a 1 GiB buffer.
+fn read_bandwidth(threads: usize) -> f64 {
+    const WORDS: usize = 1 << 27;
+    let buf: Vec<u64> = (0..WORDS as u64).collect(); // every page touched before timing
+    let chunk = WORDS.div_ceil(threads).next_multiple_of(8);
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let sum = std::thread::scope(|s| {
+            let parts: Vec<_> = buf.chunks(chunk).map(|c| s.spawn(move || sum_words(c))).collect();
+            parts
+                .into_iter()
+                .map(|h| h.join().unwrap_or(0))
+                .fold(0, u64::wrapping_add)
+        });
+        std::hint::black_box(sum);
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    (WORDS * 8) as f64 / best / 1e9
+}
+
 pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     check_flags(a)?;
-    let file = common::open(&a.model, &a.session)?;
+    let Some(model_path) = &a.model else {
+        let threads = a.session.threads.unwrap_or_else(common::physical_cores);
+        let gbps = read_bandwidth(threads);
+        if a.json {
+            println!("{}", json!({"read_gbps": gbps, "threads": threads}));
+        } else {
+            println!("read bandwidth: {gbps:.2} GB/s with {threads} threads");
+        }
+        return Ok(());
+    };
+    let file = common::open(model_path, &a.session)?;
     let (wctx, rctx) = (Model::context(&file)?, Model::context(&file)?);
     let model = common::load(&file, &wctx, &rctx, &a.session)?;
     let hp = &model.hp;
@@ -135,6 +186,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     let prefill_tps = f64::from(a.prompt) / (t1 - t0).as_secs_f64();
     let decode_tps = f64::from(a.gen) / (t2 - t1).as_secs_f64();
     let rss = peak_rss_mb()?;
+    let weight_mb = model.decode_weight_bytes() as f64 / 1e6;
     // Counted by the sparse expert op; None when every step ran dense (no neuron was skipped or counted).
     let stats = session.moe_stats();
     let active_neuron_frac = (stats.total_neurons > 0).then(|| stats.active_frac());
@@ -151,6 +203,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             "decode_tps": decode_tps,
             "peak_rss_mb": rss.round(),
             "active_neuron_frac": active_neuron_frac,
+            "weight_mb_per_token": weight_mb,
             "threads": threads,
             "prompt": a.prompt,
             "gen": a.gen,
@@ -165,7 +218,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         });
         println!("{line}");
     } else {
-        println!("model    {}", a.model.display());
+        println!("model    {}", model_path.display());
         println!("threads  {threads}, moe {}, depth {}", session.moe_path(), a.depth);
         println!(
             "prefill  {:8.2} tok/s  ({} tokens in {:.3} s)",
@@ -180,6 +233,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             (t2 - t1).as_secs_f64()
         );
         println!("peak RSS {:8.0} MiB", rss);
+        println!("weights read per decode token {weight_mb:.1} MB (whole expert matrices)");
         match active_neuron_frac {
             Some(f) => println!("active expert neurons {:.3}", f),
             None => println!("active expert neurons n/a (no step took the sparse path)"),
