@@ -561,3 +561,18 @@ fn token_logprob(tok: &Tokenizer, logits: &[f32], id: u32, n: usize) -> TokenLog
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::reusable;
+
+    #[test]
+    fn reusable_prefix() {
+        assert_eq!(reusable(&[1, 2, 3], &[1, 2, 4, 5]), 2); // diverges at the third token
+        assert_eq!(reusable(&[1, 2], &[1, 2, 3]), 2); // the next turn: all of the cache
+        assert_eq!(reusable(&[1, 2, 3], &[1, 2, 3]), 2); // the same prompt: its last token again
+        assert_eq!(reusable(&[1, 2, 3, 4], &[1, 2]), 1); // a shorter prompt
+        assert_eq!(reusable(&[], &[1]), 0);
+        assert_eq!(reusable(&[7], &[1, 2]), 0);
+    }
+}
