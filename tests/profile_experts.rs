@@ -296,3 +296,53 @@ fn skewed_synthetic_model_routes_to_its_hot_experts() {
         );
     }
 }
+
+/// On a Q4_0 file the default `--repack all` would take the experts off the sparse path, whose router reports
+/// them: profile-experts repacks only the dense matrices, and counts what `--repack none` counts.
+#[test]
+fn q4_0_file_is_profiled_with_the_default_repack() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("t.txt");
+    std::fs::write(&text, text_of(2)).unwrap();
+    // Rows of 256, so that ggml repacks every Q4_0 matrix (the fixture GGUFs are too narrow).
+    let m = dir.path().join("m.gguf");
+    let config = r#"{"hidden_size": 256, "head_dim": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "moe_ffn_hidden_size": 256}"#;
+    let synth = Command::new(env!("CARGO_BIN_EXE_smallthinker"))
+        .args([
+            "synth",
+            dir.path().join("ckpt").to_str().unwrap(),
+            "--shape",
+            "tiny",
+            "--config",
+            config,
+        ])
+        .args(["--gguf", m.to_str().unwrap(), "--type", "q4_0-pure", "--gguf-only"])
+        .output()
+        .unwrap();
+    assert!(synth.status.success(), "{}", String::from_utf8_lossy(&synth.stderr));
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut a = vec![
+            "-m",
+            m.to_str().unwrap(),
+            "-f",
+            text.to_str().unwrap(),
+            "-n",
+            "60",
+            "-t",
+            "1",
+        ];
+        a.extend_from_slice(extra);
+        a.extend(["-o", out.to_str().unwrap()]);
+        let r = cli(&a);
+        assert!(r.status.success(), "{a:?}: {}", String::from_utf8_lossy(&r.stderr));
+        ExpertProfile::load(&out).unwrap()
+    };
+    let default = run("a.json", &[]);
+    let none = run("b.json", &["--repack", "none"]);
+    assert_eq!(default.n_tokens, 60);
+    let total: u64 = default.counts.iter().flatten().sum();
+    assert_eq!(total, 60 * u64::from(default.n_expert_used * default.n_layer));
+    assert_eq!(default.counts, none.counts);
+}

@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _};
 use smallthinker::model::{profile_tokens, ExpertProfile, KvCache, KvParams, Model, Session, SessionParams};
 use smallthinker::tokenizer::EncodeOptions;
 
-use crate::common::{self, SessionArgs};
+use crate::common::{self, RepackArg, SessionArgs};
 use crate::run::load_tokenizer;
 
 /// Arguments of `profile-experts`.
@@ -50,9 +50,15 @@ pub fn run(args: &ProfileArgs) -> anyhow::Result<()> {
     if text.trim().is_empty() {
         bail!("{} is empty: nothing to profile", args.file.display());
     }
-    let file = common::open(&args.model, &args.session)?;
+    // The router op that reports the experts is on the sparse path, which reads the experts in the file's
+    // layout: with the default --repack all, only the dense matrices are repacked.
+    let mut sargs = args.session.clone();
+    if sargs.repack == RepackArg::All {
+        sargs.repack = RepackArg::Dense;
+    }
+    let file = common::open(&args.model, &sargs)?;
     let (wctx, rctx) = (Model::context(&file)?, Model::context(&file)?);
-    let model = common::load(&file, &wctx, &rctx, &args.session)?;
+    let model = common::load(&file, &wctx, &rctx, &sargs)?;
     let (_, tok) = load_tokenizer(&file)?;
     let opts = EncodeOptions {
         add_special: true,
