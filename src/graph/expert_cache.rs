@@ -1,6 +1,6 @@
 //! The expert cache of memory-capped inference (engine-notes §3): a fixed number of slots, each holding one
 //! expert's gate, up and down matrices exactly as the GGUF stores them, read from storage by one io_uring
-//! thread with several experts in flight ([`super::expert_uring`]) or by a pool of `pread` threads
+//! thread with several experts in flight (`expert_uring.rs`) or by a pool of `pread` threads
 //! ([`super::expert_io`]).
 //!
 //! Timeline of one layer: the router op calls [`ExpertCache::route`] with the layer's expert ids before the
