@@ -1,7 +1,8 @@
 //! Memory-capped inference (`MoeSetup::with_budget`): logits with an expert cache small enough to evict on
 //! every layer equal the unbudgeted native-layout path bit for bit, for both policies; the native layout's
 //! sparse op equals the dense ggml path (mul_mat_id, llama.cpp's graph) bit for bit, prompts in batches and
-//! decode steps alike; budgets below the dense part, changed files and short reads give errors.
+//! decode steps alike; budgets below the dense part, changed files and short reads give errors. Cases that read
+//! run with each I/O backend (io_uring only where the kernel allows it: elsewhere it is skipped, with a note).
 
 mod common;
 mod model_graph_util;
@@ -12,7 +13,7 @@ use common::fixtures;
 use model_graph_util::nmse;
 use smallthinker::gguf::GgufFile;
 use smallthinker::graph::{
-    CacheParams, CachePolicy, DownType, ExpertCache, ExpertExtents, ExpertFile, ExpertReadError, Extent,
+    CacheParams, CachePolicy, DownType, ExpertCache, ExpertExtents, ExpertFile, ExpertReadError, Extent, IoBackend,
 };
 use smallthinker::model::{
     BudgetError, BudgetParams, KvCache, KvParams, KvType, Model, MoeSetup, Rows, Session, SessionParams,
@@ -23,11 +24,27 @@ const TINY: &str = concat!(
     "/models/smallthinker-tiny/smallthinker-tiny-f32.gguf"
 );
 
+/// The backends to test: pread always, io_uring where it can be set up.
+fn backends() -> Vec<IoBackend> {
+    match smallthinker::ggml::uring::Uring::new(3) {
+        Ok(_) => vec![IoBackend::Pread, IoBackend::Uring],
+        Err(e) => {
+            eprintln!("note: io_uring is not available here ({e}): only the pread backend is tested");
+            vec![IoBackend::Pread]
+        }
+    }
+}
+
 fn budget(bytes: u64, policy: CachePolicy) -> BudgetParams {
+    budget_with(bytes, policy, IoBackend::Pread)
+}
+
+fn budget_with(bytes: u64, policy: CachePolicy, io_backend: IoBackend) -> BudgetParams {
     BudgetParams {
         bytes,
         policy,
         io_threads: 3,
+        io_backend,
         n_threads: 2,
         n_batch: 8,
         n_outputs: 8,
@@ -46,8 +63,8 @@ struct Out {
 
 enum Mode {
     Params(SessionParams),
-    /// A cache of one layer's experts plus this many slots.
-    Budget(usize, CachePolicy),
+    /// A cache of one layer's experts plus this many slots, read with this backend.
+    Budget(usize, CachePolicy, IoBackend),
 }
 
 /// A prompt of 11 tokens in batches of 8 (all rows), then 6 decode steps.
@@ -71,14 +88,16 @@ fn run(path: &Path, mode: Mode) -> Out {
     };
     let mut s = match mode {
         Mode::Params(p) => Session::new(&model, kv, p).unwrap(),
-        Mode::Budget(extra, policy) => {
+        Mode::Budget(extra, policy, io) => {
             // Size the budget from the report of a roomy one: fixed parts + (n_expert + extra) slots.
             let (_, r) = MoeSetup::with_budget(&model, kv.allocated_bytes(), &budget(64 << 30, policy)).unwrap();
             let n = model.hp.n_expert as u64 + extra as u64;
             // with_budget keeps a margin of bytes/32 + 16 MiB; half a slot of slack for the resident set moving.
             let need = r.resident + r.kv + r.compute + (16 << 20) + n * r.slot + r.slot / 4;
             let bytes = (need as f64 * 32.0 / 31.0).ceil() as u64;
-            let (moe, r2) = MoeSetup::with_budget(&model, kv.allocated_bytes(), &budget(bytes, policy)).unwrap();
+            let (moe, r2) =
+                MoeSetup::with_budget(&model, kv.allocated_bytes(), &budget_with(bytes, policy, io)).unwrap();
+            assert_eq!(r2.io_backend, io);
             assert!(
                 r2.n_slots >= model.hp.n_expert as usize && r2.n_slots < r2.n_experts_total,
                 "{} slots of {}",
@@ -120,8 +139,11 @@ fn models() -> Vec<PathBuf> {
 fn budgeted_logits_equal_unbudgeted_native_logits() {
     for path in models() {
         let want = run(&path, native());
-        for policy in [CachePolicy::Lru, CachePolicy::Frequency] {
-            let got = run(&path, Mode::Budget(2, policy));
+        let cases = backends()
+            .into_iter()
+            .flat_map(|io| [CachePolicy::Lru, CachePolicy::Frequency].map(|p| (p, io)));
+        for (policy, io) in cases {
+            let got = run(&path, Mode::Budget(2, policy, io));
             assert_eq!(got.logits.len(), want.logits.len());
             let same = got
                 .logits
@@ -130,7 +152,7 @@ fn budgeted_logits_equal_unbudgeted_native_logits() {
                 .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(
                 same,
-                "{}: {policy:?}: logits differ (nmse {:e})",
+                "{}: {policy:?}, {io:?}: logits differ (nmse {:e})",
                 path.display(),
                 nmse(&got.logits, &want.logits)
             );
@@ -222,10 +244,15 @@ fn identity(path: &Path) -> smallthinker::gguf::FileIdentity {
 
 #[test]
 fn expert_reads_return_the_file_bytes_and_fail_cleanly() {
-    let (_dir, path, bytes) = temp_file(3 * 20_000 + 777);
+    for io in backends() {
+        reads_return_the_file_bytes_and_fail_cleanly(io);
+    }
+}
+
+/// Two experts of three unaligned matrices each, the last one ending in the file's last, partial block.
+fn two_experts() -> Vec<ExpertExtents> {
     let ext = |o: u64, len: u64| Extent { offset: o, len };
-    // Two experts of three unaligned matrices each.
-    let extents = vec![
+    vec![
         ExpertExtents {
             gate: ext(5, 9000),
             up: ext(9005, 9000),
@@ -236,26 +263,39 @@ fn expert_reads_return_the_file_bytes_and_fail_cleanly() {
             up: ext(39_005, 9000),
             down: ext(48_005, 12_000),
         },
-    ];
-    let names = vec![["g".to_string(), "u".to_string(), "d".to_string()]];
-    let file = ExpertFile::open(&path, identity(&path)).unwrap();
-    let params = CacheParams {
+    ]
+}
+
+fn cache_params(backend: IoBackend) -> CacheParams {
+    CacheParams {
         n_slots: 2,
         policy: CachePolicy::Lru,
         io_threads: 2,
+        backend,
         frequencies: None,
-    };
-    let cache = ExpertCache::new(file, extents.clone(), names.clone(), 2, params.clone());
+    }
+}
+
+fn reads_return_the_file_bytes_and_fail_cleanly(io: IoBackend) {
+    let (_dir, path, bytes) = temp_file(3 * 20_000 + 777);
+    let ext = |o: u64, len: u64| Extent { offset: o, len };
+    let extents = two_experts();
+    let names = vec![["g".to_string(), "u".to_string(), "d".to_string()]];
+    let file = ExpertFile::open(&path, identity(&path)).unwrap();
+    let cache = ExpertCache::new(file, extents.clone(), names.clone(), 2, cache_params(io)).unwrap();
+    assert_eq!(cache.io_backend(), io);
     cache.route(0, &[1, 0]);
     for e in 0..2u32 {
         let g = cache.get(0, e, true).expect("read");
         let x = extents[e as usize];
         for (m, x) in g.matrices().iter().zip([x.gate, x.up, x.down]) {
-            assert_eq!(*m, &bytes[x.offset as usize..(x.offset + x.len) as usize]);
+            assert_eq!(*m, &bytes[x.offset as usize..(x.offset + x.len) as usize], "{io:?}");
         }
     }
     let st = cache.stats();
     assert_eq!((st.lookups, st.hits, st.loads, st.loads_prefetched), (2, 0, 2, 2));
+    // Whole aligned ranges: 3 + 3 + 4 blocks for expert 0, 3 + 3 + 4 for expert 1 (its last block partial).
+    assert_eq!(st.bytes_read, 20 * 4096, "{io:?}");
     assert!(cache.take_error().is_none());
     drop(cache);
 
@@ -263,7 +303,7 @@ fn expert_reads_return_the_file_bytes_and_fail_cleanly() {
     let mut bad = extents.clone();
     bad[1].down = ext(60_000, 5000);
     let file = ExpertFile::open(&path, identity(&path)).unwrap();
-    let cache = ExpertCache::new(file, bad, names, 2, params);
+    let cache = ExpertCache::new(file, bad, names, 2, cache_params(io)).unwrap();
     cache.route(0, &[1]);
     assert!(cache.get(0, 1, false).is_none());
     match cache.take_error() {
@@ -274,9 +314,34 @@ fn expert_reads_return_the_file_bytes_and_fail_cleanly() {
             ..
         }) => {
             assert_eq!((tensor.as_str(), expert), ("d", 1));
-            assert!(message.contains("short read"), "{message}");
+            assert!(message.contains("short read"), "{io:?}: {message}");
         }
-        other => panic!("expected a short read, got {other:?}"),
+        other => panic!("{io:?}: expected a short read, got {other:?}"),
+    }
+}
+
+/// Truncated after the cache opened it, before expert 1's matrices: each backend reports the change, not a
+/// short read, and hands out nothing.
+#[test]
+fn a_file_truncated_under_the_cache_is_reported_as_changed() {
+    for io in backends() {
+        let (_dir, path, _) = temp_file(3 * 20_000 + 777);
+        let names = vec![["g".to_string(), "u".to_string(), "d".to_string()]];
+        let file = ExpertFile::open(&path, identity(&path)).unwrap();
+        let cache = ExpertCache::new(file, two_experts(), names, 2, cache_params(io)).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(32_768)
+            .unwrap();
+        cache.route(0, &[1]);
+        assert!(cache.get(0, 1, false).is_none(), "{io:?}");
+        let err = cache.take_error();
+        assert!(
+            matches!(err, Some(ExpertReadError::Changed { ref path }) if path.ends_with("w.bin")),
+            "{io:?}: {err:?}"
+        );
     }
 }
 

@@ -54,6 +54,7 @@
 pub mod mmap;
 pub mod quant;
 pub mod simd;
+pub mod uring;
 #[rustfmt::skip]
 pub mod sys;
 

@@ -1,6 +1,7 @@
 //! The expert cache of memory-capped inference (engine-notes §3): a fixed number of slots, each holding one
-//! expert's gate, up and down matrices exactly as the GGUF stores them, read from storage by a pool of I/O
-//! threads ([`super::expert_io`]).
+//! expert's gate, up and down matrices exactly as the GGUF stores them, read from storage by one io_uring
+//! thread with several experts in flight (`expert_uring.rs`) or by a pool of `pread` threads
+//! ([`super::expert_io`]).
 //!
 //! Timeline of one layer: the router op calls [`ExpertCache::route`] with the layer's expert ids before the
 //! layer's attention runs; experts not resident get a slot (evicting by the policy) and their reads are queued at
@@ -8,14 +9,20 @@
 //! only for reads that have not finished. A layer's experts stay pinned from its `route` until the next `route`
 //! (the next layer's router runs after this layer's expert op, by graph order), so a batch never loses an expert
 //! it still needs; this is why the cache needs at least `n_expert` slots.
+//!
+//! A slot's memory is written only by the I/O side and only while its state is `Loading`: the reader holds the
+//! slot's write lock from before its reads are issued until after they have completed, and [`CacheCore::get`]
+//! hands out a read lock only once the state is `Ready`, which is set after the write lock is released.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use super::expert_io::{ExpertFile, ExpertReadError, Extent, ALIGN};
+use super::expert_io::{ExpertFile, ExpertReadError, Extent, IoBackend, ALIGN};
 use crate::ggml::rows::AlignedBytes;
+use crate::ggml::uring::Uring;
 
 /// Which resident expert gives up its slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -105,30 +112,28 @@ fn ratio(a: u64, b: u64) -> f64 {
 pub struct CacheParams {
     pub n_slots: usize,
     pub policy: CachePolicy,
+    /// Experts read at once: pread threads, or experts in flight on the io_uring (3 reads each).
     pub io_threads: usize,
+    pub backend: IoBackend,
     /// Per (layer, expert), layer-major: initial frequencies for [`CachePolicy::Frequency`] (e.g. a profile).
     pub frequencies: Option<Vec<f32>>,
 }
 
 /// One expert's bytes, borrowed from its slot while the guard lives.
 pub struct ExpertGuard<'c> {
-    buf: RwLockReadGuard<'c, SlotBuf>,
+    buf: RwLockReadGuard<'c, AlignedBytes>,
+    /// Offset of each matrix's first byte in the slot.
+    offs: [usize; 3],
     lens: [usize; 3],
 }
 
 impl ExpertGuard<'_> {
     /// `[gate, up, down]`, each as the GGUF stores the expert's slice.
     pub fn matrices(&self) -> [&[u8]; 3] {
-        let b = self.buf.bytes.as_slice();
-        let m = |i: usize| &b[self.buf.offs[i]..self.buf.offs[i] + self.lens[i]];
+        let b = self.buf.as_slice();
+        let m = |i: usize| &b[self.offs[i]..self.offs[i] + self.lens[i]];
         [m(0), m(1), m(2)]
     }
-}
-
-struct SlotBuf {
-    bytes: AlignedBytes,
-    /// Offset of each matrix's first byte in `bytes`.
-    offs: [usize; 3],
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -162,9 +167,16 @@ struct Inner {
     error: Option<ExpertReadError>,
 }
 
-struct Job {
-    slot: usize,
-    key: usize,
+pub(super) struct Job {
+    pub(super) slot: usize,
+    pub(super) key: usize,
+}
+
+/// The backend the cache runs, as resolved from [`IoBackend`].
+#[derive(Clone, Copy, Debug)]
+enum Reader {
+    Uring { depth: usize },
+    Pread { threads: usize },
 }
 
 /// See the module docs. Owns the I/O threads: dropping it stops them (pending reads are abandoned).
@@ -194,14 +206,17 @@ impl Drop for ExpertCache {
 pub struct CacheCore {
     inner: Mutex<Inner>,
     ready: Condvar,
-    slots: Vec<RwLock<SlotBuf>>,
-    extents: Vec<ExpertExtents>,
-    names: Vec<[String; 3]>,
-    n_expert: usize,
+    pub(super) slots: Vec<RwLock<AlignedBytes>>,
+    pub(super) extents: Vec<ExpertExtents>,
+    pub(super) names: Vec<[String; 3]>,
+    pub(super) n_expert: usize,
     policy: CachePolicy,
-    file: ExpertFile,
+    pub(super) file: ExpertFile,
     queue: Mutex<Option<VecDeque<Job>>>,
     queued: Condvar,
+    /// Bytes of the gate and up regions of a slot (the down region follows them).
+    region_gate_up: [usize; 2],
+    reader: Reader,
 }
 
 impl ExpertCache {
@@ -211,23 +226,31 @@ impl ExpertCache {
     }
 
     /// `extents` and `names` (the three tensor names of each layer) are layer-major, `n_expert` per layer.
+    /// Fails only for [`IoBackend::Uring`] where io_uring cannot be set up.
     pub fn new(
         file: ExpertFile,
         extents: Vec<ExpertExtents>,
         names: Vec<[String; 3]>,
         n_expert: usize,
         p: CacheParams,
-    ) -> ExpertCache {
+    ) -> Result<ExpertCache, ExpertReadError> {
         let slot_len = ExpertCache::slot_bytes(&extents);
         let (rg, ru) = (region(&extents, |x| x.gate), region(&extents, |x| x.up));
         let slots = (0..p.n_slots)
-            .map(|_| {
-                RwLock::new(SlotBuf {
-                    bytes: AlignedBytes::zeroed(slot_len),
-                    offs: [0, rg, rg + ru],
-                })
-            })
+            .map(|_| RwLock::new(AlignedBytes::zeroed(slot_len)))
             .collect();
+        let n_io = p.io_threads.max(1);
+        let ring = match p.backend {
+            IoBackend::Pread => None,
+            IoBackend::Auto => Uring::new(3 * n_io).ok(),
+            IoBackend::Uring => {
+                Some(Uring::new(3 * n_io).map_err(|e| ExpertReadError::NoUring { message: e.to_string() })?)
+            }
+        };
+        let reader = match &ring {
+            Some(r) => Reader::Uring { depth: r.depth() },
+            None => Reader::Pread { threads: n_io },
+        };
         let n_keys = extents.len();
         let core = Arc::new(CacheCore {
             inner: Mutex::new(Inner {
@@ -261,14 +284,22 @@ impl ExpertCache {
             file,
             queue: Mutex::new(Some(VecDeque::new())),
             queued: Condvar::new(),
+            region_gate_up: [rg, ru],
+            reader,
         });
-        let workers = (0..p.io_threads.max(1))
-            .map(|_| {
+        let workers = match ring {
+            Some(ring) => {
                 let c = core.clone();
-                std::thread::spawn(move || c.worker())
-            })
-            .collect();
-        ExpertCache { core, workers }
+                vec![std::thread::spawn(move || super::expert_uring::run(&c, ring))]
+            }
+            None => (0..n_io)
+                .map(|_| {
+                    let c = core.clone();
+                    std::thread::spawn(move || c.worker())
+                })
+                .collect(),
+        };
+        Ok(ExpertCache { core, workers })
     }
 }
 
@@ -279,6 +310,28 @@ impl CacheCore {
 
     pub fn is_direct(&self) -> bool {
         self.file.is_direct()
+    }
+
+    /// The backend in use: [`IoBackend::Uring`] or [`IoBackend::Pread`], never `Auto`.
+    pub fn io_backend(&self) -> IoBackend {
+        match self.reader {
+            Reader::Uring { .. } => IoBackend::Uring,
+            Reader::Pread { .. } => IoBackend::Pread,
+        }
+    }
+
+    /// How experts are read, for logs: e.g. "io_uring, depth 12, O_DIRECT" or "pread x4, O_DIRECT".
+    pub fn io_description(&self) -> String {
+        let how = match self.reader {
+            Reader::Uring { depth } => format!("io_uring, depth {depth}"),
+            Reader::Pread { threads } => format!("pread x{threads}"),
+        };
+        let cache = if self.is_direct() {
+            "O_DIRECT"
+        } else {
+            "buffered+DONTNEED"
+        };
+        format!("{how}, {cache}")
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -442,44 +495,66 @@ impl CacheCore {
         }
         drop(g);
         let x = &self.extents[key];
+        let buf = self.slots[slot].read().unwrap_or_else(|p| p.into_inner());
+        let r = self.regions(buf.as_slice());
+        let inner = |i: usize, e: Extent| r[i].start + (e.offset % ALIGN) as usize;
         Some(ExpertGuard {
-            buf: self.slots[slot].read().unwrap_or_else(|p| p.into_inner()),
+            offs: [inner(0, x.gate), inner(1, x.up), inner(2, x.down)],
+            buf,
             lens: [x.gate.len as usize, x.up.len as usize, x.down.len as usize],
         })
     }
 
-    fn worker(&self) {
+    /// The gate, up and down regions of a slot's bytes. They start page-aligned in memory: the slack at the
+    /// front of the buffer absorbs its address.
+    pub(super) fn regions(&self, bytes: &[u8]) -> [Range<usize>; 3] {
+        let lead = bytes.as_ptr().align_offset(ALIGN as usize);
+        let [rg, ru] = self.region_gate_up;
+        [lead..lead + rg, lead + rg..lead + rg + ru, lead + rg + ru..bytes.len()]
+    }
+
+    /// Waits for a queued read; false once the cache is dropped.
+    pub(super) fn wait_for_job(&self) -> bool {
+        let mut q = lock(&self.queue);
         loop {
-            let job = {
-                let mut q = lock(&self.queue);
-                loop {
-                    match q.as_mut() {
-                        None => return,
-                        Some(q2) => {
-                            if let Some(j) = q2.pop_front() {
-                                break j;
-                            }
-                        }
-                    }
-                    q = self.queued.wait(q).unwrap_or_else(|p| p.into_inner());
-                }
-            };
-            let r = self.load(job.slot, job.key);
-            let mut g = lock(&self.inner);
-            match r {
-                Ok(n) => {
-                    g.stats.bytes_read += n;
-                    g.meta[job.slot].state = State::Ready;
-                }
-                Err(e) => {
-                    g.error.get_or_insert(e);
-                    g.meta[job.slot].state = State::Empty;
-                    g.meta[job.slot].key = None;
-                    g.slot_of[job.key] = None;
-                }
+            match q.as_ref() {
+                None => return false,
+                Some(q2) if !q2.is_empty() => return true,
+                Some(_) => q = self.queued.wait(q).unwrap_or_else(|p| p.into_inner()),
             }
-            drop(g);
-            self.ready.notify_all();
+        }
+    }
+
+    /// The next queued read, if any, without waiting.
+    pub(super) fn pop_job(&self) -> Option<Job> {
+        lock(&self.queue).as_mut()?.pop_front()
+    }
+
+    /// Records the outcome of a job's reads (`Ok`: bytes read) and wakes whoever waits for it. The slot's write
+    /// lock must be released by then: a `Ready` slot can be read at once.
+    pub(super) fn complete(&self, job: Job, r: Result<u64, ExpertReadError>) {
+        let mut g = lock(&self.inner);
+        match r {
+            Ok(n) => {
+                g.stats.bytes_read += n;
+                g.meta[job.slot].state = State::Ready;
+            }
+            Err(e) => {
+                g.error.get_or_insert(e);
+                g.meta[job.slot].state = State::Empty;
+                g.meta[job.slot].key = None;
+                g.slot_of[job.key] = None;
+            }
+        }
+        drop(g);
+        self.ready.notify_all();
+    }
+
+    fn worker(&self) {
+        while self.wait_for_job() {
+            let Some(job) = self.pop_job() else { continue };
+            let r = self.load(job.slot, job.key);
+            self.complete(job, r);
         }
     }
 
@@ -488,17 +563,11 @@ impl CacheCore {
         let x = self.extents[key];
         let e = (key % self.n_expert) as u32;
         let names = &self.names[key / self.n_expert];
-        let SlotBuf { bytes, offs } = &mut *buf;
-        let bytes = bytes.as_mut_slice();
-        // Regions start page-aligned in memory: the slack at the front of the buffer absorbs its address.
-        let lead = bytes.as_ptr().align_offset(ALIGN as usize);
-        let (rg, ru) = (region(&self.extents, |x| x.gate), region(&self.extents, |x| x.up));
-        let starts = [lead, lead + rg, lead + rg + ru];
+        let bytes = buf.as_mut_slice();
+        let regions = self.regions(bytes);
         let mut total = 0u64;
         for (i, ext) in [x.gate, x.up, x.down].into_iter().enumerate() {
-            let end = if i < 2 { starts[i + 1] } else { bytes.len() };
-            let inner = self.file.read(ext, &mut bytes[starts[i]..end], (&names[i], e))?;
-            offs[i] = starts[i] + inner;
+            self.file.read(ext, &mut bytes[regions[i].clone()], (&names[i], e))?;
             total += ext.aligned().1;
         }
         Ok(total)

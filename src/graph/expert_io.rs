@@ -14,11 +14,36 @@ use crate::gguf::FileIdentity;
 /// O_DIRECT alignment of offsets, lengths and buffer addresses.
 pub const ALIGN: u64 = 4096;
 
+/// How the expert cache reads: io_uring (several experts' reads in flight from one thread) or a pool of
+/// threads each doing one expert's `pread`s at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum IoBackend {
+    /// io_uring where the kernel allows it (the ring can be set up), else the pread pool.
+    #[default]
+    Auto,
+    Uring,
+    Pread,
+}
+
+impl std::str::FromStr for IoBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<IoBackend, String> {
+        match s {
+            "auto" => Ok(IoBackend::Auto),
+            "uring" | "io_uring" => Ok(IoBackend::Uring),
+            "pread" => Ok(IoBackend::Pread),
+            _ => Err(format!("unknown I/O backend {s:?} (auto, uring, pread)")),
+        }
+    }
+}
+
 /// Why an expert could not be read.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ExpertReadError {
     #[error("{path}: cannot open for expert reads: {message}")]
     Open { path: PathBuf, message: String },
+    #[error("io_uring is not available here ({message}); the pread backend works everywhere")]
+    NoUring { message: String },
     #[error("{path}: the file changed on disk since it was opened (size, inode or modification time differ)")]
     Changed { path: PathBuf },
     #[error("{path}: reading {tensor} (expert {expert}, {len} bytes at offset {offset}): {message}")]
@@ -51,6 +76,20 @@ impl Extent {
     pub fn region_len(self) -> usize {
         self.aligned().1 as usize
     }
+}
+
+/// How one extent is read: see [`ExpertFile::plan`].
+#[derive(Clone, Copy, Debug)]
+pub struct ReadPlan {
+    pub ext: Extent,
+    /// File offset of the aligned range.
+    pub start: u64,
+    /// Bytes the first read asks for (the aligned length with O_DIRECT, else the file's bytes of the range).
+    pub first_len: usize,
+    /// Bytes of the range that exist in the file.
+    want: usize,
+    /// Bytes up to the extent's end, which must be read.
+    need: usize,
 }
 
 /// The opened model file for expert reads.
@@ -102,21 +141,57 @@ impl ExpertFile {
         &self.path
     }
 
+    /// The file, for reads issued elsewhere (the io_uring backend) that [`finish`](Self::finish) completes.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.file.as_fd()
+    }
+
     /// Reads the aligned range of `ext` into `region` (page-aligned, `ext.region_len()` bytes) and returns the
     /// offset of the extent's first byte inside it. `what` names the tensor and expert for errors.
     pub fn read(&self, ext: Extent, region: &mut [u8], what: (&str, u32)) -> Result<usize, ExpertReadError> {
+        let plan = self.plan(ext, region.len(), what)?;
+        self.finish(&plan, region, 0, what)
+    }
+
+    /// What reading `ext` into a region of `region_len` bytes asks of the file: the first read covers
+    /// `plan.start..plan.start + plan.first_len` into the region's first `first_len` bytes.
+    pub fn plan(&self, ext: Extent, region_len: usize, what: (&str, u32)) -> Result<ReadPlan, ExpertReadError> {
         let (start, len) = ext.aligned();
-        let err = |message: String| self.read_error(ext, what, message);
-        if region.len() < len as usize {
-            return Err(err(format!("slot region of {} bytes is too small", region.len())));
+        if region_len < len as usize {
+            return Err(self.read_error(ext, what, format!("slot region of {region_len} bytes is too small")));
         }
         // The last aligned block may extend past the end of the file: only the file's bytes are read then.
         let want = len.min(self.len.saturating_sub(start)) as usize;
-        let need = (ext.offset + ext.len - start) as usize;
-        let mut done = 0usize;
-        while done < want {
+        Ok(ReadPlan {
+            ext,
+            start,
             // O_DIRECT wants aligned lengths too: read whole blocks and stop at EOF (a short final read).
-            let end = if self.direct { len as usize } else { want };
+            first_len: if self.direct { len as usize } else { want },
+            want,
+            need: (ext.offset + ext.len - start) as usize,
+        })
+    }
+
+    /// Completes a read of which the first `done` bytes are already in `region` (by another backend; 0 for
+    /// none): reads the rest with `pread`, checks that the extent is complete, drops the page-cache copy. Returns
+    /// the offset of the extent's first byte in the region, as [`read`](Self::read).
+    pub fn finish(
+        &self,
+        plan: &ReadPlan,
+        region: &mut [u8],
+        mut done: usize,
+        what: (&str, u32),
+    ) -> Result<usize, ExpertReadError> {
+        let ReadPlan {
+            ext,
+            start,
+            first_len: end,
+            want,
+            need,
+        } = *plan;
+        let err = |message: String| self.read_error(ext, what, message);
+        while done < want {
             match self.file.read_at(&mut region[done..end], start + done as u64) {
                 Ok(0) => break,
                 Ok(n) => done += n,
@@ -132,11 +207,17 @@ impl ExpertFile {
             let _ = rustix::fs::fadvise(
                 &self.file,
                 start,
-                std::num::NonZeroU64::new(len),
+                std::num::NonZeroU64::new(ext.aligned().1),
                 rustix::fs::Advice::DontNeed,
             );
         }
         Ok((ext.offset - start) as usize)
+    }
+
+    /// The error of a read of `plan` that failed with `e` (another backend's), as [`finish`](Self::finish)
+    /// reports a failed `pread`.
+    pub fn failed(&self, plan: &ReadPlan, e: std::io::Error, what: (&str, u32)) -> ExpertReadError {
+        self.checked(self.read_error(plan.ext, what, e.to_string()))
     }
 
     fn read_error(&self, ext: Extent, (tensor, expert): (&str, u32), message: String) -> ExpertReadError {

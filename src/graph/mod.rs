@@ -9,6 +9,7 @@ pub mod attention;
 pub mod attn_op;
 pub mod expert_cache;
 pub mod expert_io;
+mod expert_uring;
 pub mod moe;
 mod sparse_kernel;
 pub mod sparse_moe;
@@ -17,7 +18,7 @@ mod sparse_native;
 pub use attention::{attention, AttnInputs, AttnKernel, AttnParams, AttnWeights, KvLayer, KvRead, SeqAttn};
 pub use attn_op::{attn_cells, CellAttnParams};
 pub use expert_cache::{CacheParams, CachePolicy, CacheStats, ExpertCache, ExpertExtents};
-pub use expert_io::{ExpertFile, ExpertReadError, Extent};
+pub use expert_io::{ExpertFile, ExpertReadError, Extent, IoBackend, ReadPlan};
 pub use moe::{moe_ffn, MoeWeights};
 pub use sparse_moe::{DownType, MoeStats, RouteEvent, RouteHook, SparseMoe, SparseMoeError, SparseParams, N_PARTS};
 

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use super::session::MoeSetup;
 use super::Model;
 use crate::graph::{
-    CacheParams, CachePolicy, DownType, ExpertCache, ExpertExtents, ExpertFile, ExpertReadError, Extent, SparseMoe,
-    SparseParams, N_PARTS,
+    CacheParams, CachePolicy, DownType, ExpertCache, ExpertExtents, ExpertFile, ExpertReadError, Extent, IoBackend,
+    SparseMoe, SparseParams, N_PARTS,
 };
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -22,8 +22,10 @@ const MIB: f64 = 1024.0 * 1024.0;
 pub struct BudgetParams {
     pub bytes: u64,
     pub policy: CachePolicy,
-    /// Concurrent reads (I/O threads).
+    /// Experts read at once (pread threads, or experts in flight on the io_uring).
     pub io_threads: usize,
+    /// How experts are read; [`IoBackend::Uring`] fails where io_uring cannot be set up.
+    pub io_backend: IoBackend,
     /// Threads of the compute backend (the sparse op's work split).
     pub n_threads: usize,
     /// Tokens per graph (bounds the compute buffers).
@@ -79,6 +81,8 @@ pub struct BudgetReport {
     pub n_slots: usize,
     pub n_experts_total: usize,
     pub direct_io: bool,
+    /// The backend in use (never `Auto`).
+    pub io_backend: IoBackend,
 }
 
 /// The resident set of this process (`/proc/self/statm`), in bytes.
@@ -197,10 +201,11 @@ impl MoeSetup {
                 n_slots,
                 policy: b.policy,
                 io_threads: b.io_threads,
+                backend: b.io_backend,
                 frequencies: b.frequencies.clone(),
             },
-        );
-        let direct_io = cache.is_direct();
+        )?;
+        let (direct_io, io_backend, io_description) = (cache.is_direct(), cache.io_backend(), cache.io_description());
         let hp = &model.hp;
         let experts: Vec<_> = model.layers.iter().map(|l| l.experts).collect();
         let sparse = SparseMoe::new(
@@ -233,15 +238,15 @@ impl MoeSetup {
             n_slots,
             n_experts_total: n_expert * hp.n_layer as usize,
             direct_io,
+            io_backend,
         };
         let description = format!(
-            "sparse, experts from a cache of {n_slots} of {} experts ({:.0} MiB; {} pinned; {} reads), down on the \
+            "sparse, experts from a cache of {n_slots} of {} experts ({:.0} MiB; {} pinned; reads: {io_description}), down on the \
              GGUF layout; budget {:.0} MiB = process and dense weights {:.0} + KV {:.0} + compute {:.0} + margin \
              {:.0} + cache",
             report.n_experts_total,
             (n_slots as u64 * slot) as f64 / MIB,
             keys.len(),
-            if direct_io { "O_DIRECT" } else { "buffered+DONTNEED" },
             b.bytes as f64 / MIB,
             resident as f64 / MIB,
             kv_bytes as f64 / MIB,

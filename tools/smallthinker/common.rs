@@ -3,7 +3,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context as _};
 use smallthinker::gguf::{GgmlType, GgufFile};
-use smallthinker::graph::{CachePolicy, DownType};
+use smallthinker::graph::{CachePolicy, DownType, IoBackend};
 use smallthinker::model::{
     BudgetParams, ExpertProfile, KvCache, KvParams, KvType, Model, MoeSetup, Session, SessionParams,
 };
@@ -79,9 +79,14 @@ pub struct SessionArgs {
     /// hottest experts (those selected more often than uniform routing would) are loaded at start and pinned.
     #[arg(long, requires = "mem_budget")]
     pub expert_profile: Option<std::path::PathBuf>,
-    /// Concurrent expert reads with --mem-budget.
+    /// Experts read at once with --mem-budget: threads of the pread backend, or experts in flight (3 reads
+    /// each) on the io_uring.
     #[arg(long, default_value_t = 4, requires = "mem_budget")]
     pub io_threads: usize,
+    /// How --mem-budget reads experts: auto (io_uring where the kernel allows it, else pread), uring (an error
+    /// where it does not), or pread (a thread pool).
+    #[arg(long, default_value = "auto", requires = "mem_budget")]
+    pub io_backend: IoBackend,
     /// Which Q4_0 matrices move to ggml's repacked (8-row interleaved) layout at load: all (dense matrices and
     /// experts, as llama.cpp does; the MoE then runs ggml's mul_mat_id), dense (attention, router, output: the
     /// experts stay mapped for the sparse op) or none. With --mem-budget the experts always stay in the file.
@@ -309,6 +314,7 @@ pub fn session<'a>(
                 bytes,
                 policy: args.cache_policy,
                 io_threads: args.io_threads.max(1),
+                io_backend: args.io_backend,
                 n_threads: threads,
                 n_batch: kv_params.n_batch,
                 n_outputs: args.n_outputs,

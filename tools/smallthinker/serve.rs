@@ -2,7 +2,7 @@
 use std::path::PathBuf;
 
 use anyhow::bail;
-use smallthinker::graph::CachePolicy;
+use smallthinker::graph::{CachePolicy, IoBackend};
 use smallthinker::model::BudgetParams;
 use smallthinker::server::{EngineParams, Server, ServerParams};
 
@@ -57,6 +57,12 @@ pub struct ServeArgs {
     /// Which cached expert gives way with --mem-budget: lru or freq.
     #[arg(long, default_value = "lru", requires = "mem_budget")]
     cache_policy: CachePolicy,
+    /// Experts read at once with --mem-budget (pread threads, or experts in flight on the io_uring).
+    #[arg(long, default_value_t = 4, requires = "mem_budget")]
+    io_threads: usize,
+    /// How --mem-budget reads experts: auto (io_uring where the kernel allows it, else pread), uring or pread.
+    #[arg(long, default_value = "auto", requires = "mem_budget")]
+    io_backend: IoBackend,
     /// Keep every matrix in the file's layout instead of ggml's repacked one.
     #[arg(long)]
     no_repack: bool,
@@ -87,7 +93,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
             mem_budget: args.mem_budget.map(|bytes| BudgetParams {
                 bytes,
                 policy: args.cache_policy,
-                io_threads: 4,
+                io_threads: args.io_threads.max(1),
+                io_backend: args.io_backend,
                 n_threads: 0,
                 n_batch: 0,
                 n_outputs: 0,
