@@ -106,6 +106,8 @@ def main():
     ap.add_argument("--budget", help="our --mem-budget (default: the cap)")
     ap.add_argument("--policy", default="lru", choices=["lru", "freq"])
     ap.add_argument("--profile", help="our --expert-profile PROFILE.json")
+    ap.add_argument("--ours-arg", action="append", default=[],
+                    help="extra argument of our capped run, e.g. --ours-arg=--io-backend=pread (repeatable)")
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--gen", type=int, default=64)
@@ -128,6 +130,7 @@ def main():
     capped = ours + ["--mem-budget", budget, "--cache-policy", a.policy]
     if a.profile:
         capped += ["--expert-profile", a.profile]
+    capped += a.ours_arg
     runs = []
     if not a.no_uncapped:
         drop_caches()
@@ -135,7 +138,7 @@ def main():
         line = next((json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")), None)
         runs.append(("ours uncapped", line, "ok" if p.returncode == 0 and line else f"failed: {p.stderr[-300:]}", None))
     r = run_capped(capped, cap)
-    runs.append((f"ours --mem-budget {budget} ({a.policy})", *r))
+    runs.append((f"ours --mem-budget {budget} ({a.policy}{''.join(' ' + x for x in a.ours_arg)})", *r))
     if not a.no_llama:
         llama = [a.python, os.path.join(ROOT, "tools", "ref", "llama_speed.py"), a.model] + work
         r = run_capped(llama, cap, a.llama_timeout)
