@@ -14,7 +14,8 @@
 
 use std::io;
 use std::ops::Range;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::RwLockWriteGuard;
 use std::time::Duration;
 
@@ -72,15 +73,30 @@ pub struct ReadGroup<B, T> {
 /// a short read at the end of the file means for it) or the error.
 pub type ReadResults = Vec<io::Result<usize>>;
 
-/// How long a wait for completions lasts while the ring has room: new work arrives by the caller's `next`,
-/// which nothing can wake a thread blocked in the kernel for; a short wait bounds how late it is picked up.
-const POLL: Duration = Duration::from_micros(200);
+/// user_data of the read on the wake-up eventfd (read ids are `index << 16 | read`, far below it).
+const WAKE: u64 = u64::MAX;
 
-/// One io_uring instance with room for `depth` reads in flight.
+/// One io_uring instance with room for `depth` reads in flight, and a read on an eventfd kept armed in it so
+/// that new work wakes a thread waiting for completions ([`Waker`]). A timed wait would do instead, but on two
+/// cores its thousands of wake-ups a second take the CPU from the compute threads at their barriers.
 pub struct Uring {
     ring: IoUring,
     depth: usize,
-    timed_wait: bool,
+    wake: Arc<OwnedFd>,
+    /// Where the armed eventfd read writes: heap memory owned here, kept until that read has completed (Drop).
+    wake_buf: Box<[u8; 8]>,
+    wake_armed: bool,
+}
+
+/// Wakes the thread of a [`Uring`] that waits for completions, so that it takes new work at once.
+#[derive(Clone)]
+pub struct Waker(Arc<OwnedFd>);
+
+impl Waker {
+    pub fn wake(&self) {
+        // Best effort: a full counter (2^64 - 2 wake-ups unread) still wakes the reader.
+        let _ = rustix::io::write(&*self.0, &1u64.to_ne_bytes());
+    }
 }
 
 impl Uring {
@@ -89,7 +105,8 @@ impl Uring {
     /// no IORING_OP_READ. The caller then reads another way.
     pub fn new(depth: usize) -> io::Result<Uring> {
         let depth = depth.clamp(1, 4096);
-        let ring = IoUring::new(depth as u32)?;
+        // One entry more than the reads, for the eventfd read.
+        let ring = IoUring::new(depth as u32 + 1)?;
         let mut probe = io_uring::Probe::new();
         ring.submitter().register_probe(&mut probe)?;
         if !probe.is_supported(opcode::Read::CODE) {
@@ -98,12 +115,19 @@ impl Uring {
                 "this kernel's io_uring has no positioned read (IORING_OP_READ, Linux 5.6)",
             ));
         }
-        let timed_wait = ring.params().is_feature_ext_arg();
+        let wake = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)?;
         Ok(Uring {
             ring,
             depth,
-            timed_wait,
+            wake: Arc::new(wake),
+            wake_buf: Box::new([0; 8]),
+            wake_armed: false,
         })
+    }
+
+    /// A handle that wakes this ring's thread when it waits for completions in [`read_groups`](Self::read_groups).
+    pub fn waker(&self) -> Waker {
+        Waker(self.wake.clone())
     }
 
     /// Reads in flight at most.
@@ -131,6 +155,7 @@ impl Uring {
         let mut flight = Flight {
             ring: &mut self.ring,
             ops: 0,
+            wake_armed: &mut self.wake_armed,
         };
         let mut waiting: Option<ReadGroup<B, T>> = None;
         loop {
@@ -187,10 +212,24 @@ impl Uring {
             if flight.ops == 0 {
                 return;
             }
-            // Room left: wait briefly, so that new work is picked up; full: until something completes.
-            let timeout = (waiting.is_none() && self.timed_wait).then_some(POLL);
-            flight.submit_and_wait(timeout);
-            let cqes: Vec<(u64, i32)> = flight.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+            // Wait until a read completes or new work is announced (the eventfd read completes).
+            if !*flight.wake_armed {
+                let entry = opcode::Read::new(types::Fd(self.wake.as_raw_fd()), self.wake_buf.as_mut_ptr(), 8)
+                    .build()
+                    .user_data(WAKE);
+                // SAFETY: `wake_buf` is heap memory owned by `self`, written only by this read, and Drop waits
+                // for this read to complete before it frees the buffer. There is room: the ring holds `depth`
+                // reads plus this one.
+                let pushed = unsafe { flight.ring.submission().push(&entry) };
+                pushed.expect("the ring has room for the eventfd read");
+                *flight.wake_armed = true;
+            }
+            flight.submit_and_wait();
+            let mut cqes: Vec<(u64, i32)> = flight.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+            if let Some(at) = cqes.iter().position(|c| c.0 == WAKE) {
+                cqes.swap_remove(at);
+                *flight.wake_armed = false;
+            }
             // Counted off before any `done` runs: if one panics, the drain waits only for reads still in flight.
             flight.ops -= cqes.len();
             for (ud, res) in cqes {
@@ -240,31 +279,30 @@ fn check<B: ReadBuf, T>(g: &mut ReadGroup<B, T>, depth: usize) -> Result<(), Str
 struct Flight<'r> {
     ring: &'r mut IoUring,
     ops: usize,
+    /// Whether the eventfd read is in the ring (its completion is not one of `ops`).
+    wake_armed: &'r mut bool,
 }
 
 impl Flight<'_> {
-    /// Submits what is queued and waits for a completion (or `timeout`). Interruptions, timeouts and a
-    /// temporary lack of kernel resources are retried by the caller's loop; anything else means the ring is
-    /// broken while reads into caller memory may be in flight, and stopping the process is the only safe
-    /// answer (returning would hand back buffers the kernel may still write).
-    fn submit_and_wait(&mut self, timeout: Option<Duration>) {
-        let r = match timeout {
-            Some(t) => {
-                let ts = types::Timespec::from(t);
-                let args = types::SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(1, &args)
-            }
-            None => self.ring.submit_and_wait(1),
-        };
-        use rustix::io::Errno;
-        if let Err(e) = r {
-            match Errno::from_io_error(&e) {
-                Some(Errno::INTR | Errno::TIME) => {}
-                Some(Errno::AGAIN | Errno::BUSY | Errno::NOMEM) => std::thread::sleep(Duration::from_millis(1)),
-                _ => {
-                    eprintln!("io_uring_enter failed with reads in flight ({e}): aborting");
-                    std::process::abort();
-                }
+    /// Submits what is queued and waits for a completion. Interruptions and a temporary lack of kernel
+    /// resources are retried by the caller's loop; anything else means the ring is broken while reads into
+    /// caller memory may be in flight, and stopping the process is the only safe answer (returning would hand
+    /// back buffers the kernel may still write).
+    fn submit_and_wait(&mut self) {
+        wait_one(self.ring)
+    }
+}
+
+/// [`Flight::submit_and_wait`] on a bare ring.
+fn wait_one(ring: &mut IoUring) {
+    use rustix::io::Errno;
+    if let Err(e) = ring.submit_and_wait(1) {
+        match Errno::from_io_error(&e) {
+            Some(Errno::INTR | Errno::TIME) => {}
+            Some(Errno::AGAIN | Errno::BUSY | Errno::NOMEM) => std::thread::sleep(Duration::from_millis(1)),
+            _ => {
+                eprintln!("io_uring_enter failed with reads in flight ({e}): aborting");
+                std::process::abort();
             }
         }
     }
@@ -272,10 +310,31 @@ impl Flight<'_> {
 
 impl Drop for Flight<'_> {
     fn drop(&mut self) {
-        while self.ops > 0 {
-            self.submit_and_wait(None);
-            let n = self.ring.completion().count();
-            self.ops -= n;
+        let Flight { ring, ops, wake_armed } = self;
+        while *ops > 0 {
+            wait_one(ring);
+            for c in ring.completion() {
+                if c.user_data() == WAKE {
+                    **wake_armed = false;
+                } else {
+                    *ops -= 1;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Uring {
+    fn drop(&mut self) {
+        // The armed eventfd read writes into `wake_buf`: have it complete before the buffer is freed.
+        if self.wake_armed {
+            Waker(self.wake.clone()).wake();
+            while self.wake_armed {
+                wait_one(&mut self.ring);
+                if self.ring.completion().filter(|c| c.user_data() == WAKE).count() > 0 {
+                    self.wake_armed = false;
+                }
+            }
         }
     }
 }
@@ -343,6 +402,59 @@ mod tests {
         assert_eq!(got[1].2, vec![10_000 - 8192], "a short read at the end of the file");
         assert_eq!(&got[1].1[..1808], &bytes[8192..]);
         assert!(got[1].1[1808..].iter().all(|&b| b == 0), "nothing past the end");
+    }
+
+    /// Work queued while the thread waits for a read that cannot complete yet (a pipe nobody has written) is
+    /// taken at once when the waker is called, not when that read completes.
+    #[test]
+    fn the_waker_brings_in_new_work_while_a_read_waits() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Mutex;
+        let Some(mut ring) = ring() else { return };
+        let (rd, wr) = rustix::pipe::pipe().unwrap();
+        let waker = ring.waker();
+        let group = |tag: usize| ReadGroup {
+            buf: vec![0u8; 4],
+            reads: vec![GroupRead {
+                offset: u64::MAX,
+                range: 0..4,
+            }], // offset -1: the current position (a pipe)
+            tag,
+        };
+        let queue = Mutex::new(vec![group(0)]);
+        let written = AtomicBool::new(false);
+        let taken_before_write = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                queue.lock().unwrap().push(group(1));
+                waker.wake();
+                std::thread::sleep(Duration::from_millis(300));
+                written.store(true, Ordering::SeqCst);
+                rustix::io::write(&wr, b"abcdefgh").unwrap();
+            });
+            let mut done_tags = Vec::new();
+            while done_tags.len() < 2 {
+                ring.read_groups(
+                    rd.as_fd(),
+                    || {
+                        let g = queue.lock().unwrap().pop();
+                        if g.as_ref().is_some_and(|g| g.tag == 1) && !written.load(Ordering::SeqCst) {
+                            taken_before_write.store(true, Ordering::SeqCst);
+                        }
+                        g
+                    },
+                    |g, r| {
+                        assert_eq!(*r[0].as_ref().unwrap(), 4);
+                        done_tags.push(g.tag);
+                    },
+                );
+            }
+        });
+        assert!(
+            taken_before_write.load(Ordering::SeqCst),
+            "the second group waited for the first read"
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use super::expert_io::{ExpertFile, ExpertReadError, Extent, IoBackend, ALIGN};
 use crate::ggml::rows::AlignedBytes;
-use crate::ggml::uring::Uring;
+use crate::ggml::uring::{Uring, Waker};
 
 /// Which resident expert gives up its slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -217,6 +217,8 @@ pub struct CacheCore {
     /// Bytes of the gate and up regions of a slot (the down region follows them).
     region_gate_up: [usize; 2],
     reader: Reader,
+    /// Wakes the io_uring thread when a read is queued while it waits for completions.
+    wake: Option<Waker>,
 }
 
 impl ExpertCache {
@@ -247,6 +249,7 @@ impl ExpertCache {
                 Some(Uring::new(3 * n_io).map_err(|e| ExpertReadError::NoUring { message: e.to_string() })?)
             }
         };
+        let wake = ring.as_ref().map(Uring::waker);
         let reader = match &ring {
             Some(r) => Reader::Uring { depth: r.depth() },
             None => Reader::Pread { threads: n_io },
@@ -286,6 +289,7 @@ impl ExpertCache {
             queued: Condvar::new(),
             region_gate_up: [rg, ru],
             reader,
+            wake,
         });
         let workers = match ring {
             Some(ring) => {
@@ -416,6 +420,9 @@ impl CacheCore {
             q.push_back(Job { slot, key });
         }
         self.queued.notify_one();
+        if let Some(w) = &self.wake {
+            w.wake();
+        }
         (slot, g)
     }
 
