@@ -9,11 +9,11 @@ mod model_graph_util;
 use std::path::{Path, PathBuf};
 
 use common::fixtures;
-use model_graph_util::rewrite;
-use smallthinker::gguf::{GgufFile, Value};
+use model_graph_util::with_sliding_window;
+use smallthinker::gguf::GgufFile;
 use smallthinker::graph::AttnKernel;
 use smallthinker::model::{
-    decode_batch, keys, EvalError, KvCache, KvParams, KvType, Model, MoeSetup, Rows, Session, SessionParams,
+    decode_batch, EvalError, KvCache, KvParams, KvType, Model, MoeSetup, Rows, Session, SessionParams,
 };
 
 const N_CTX: u32 = 48;
@@ -121,19 +121,7 @@ const STEPS: &[&[usize]] = &[
 /// st21b with its 4096-token window cut to 6: SWA layers 1-3, ring caches of 6 + N_BATCH cells that wrap.
 fn st21b_small_window(dir: &tempfile::TempDir) -> PathBuf {
     let p = dir.path().join("st21b-swa6.gguf");
-    let src = fixtures::manifest("st21b").gguf("f32");
-    rewrite(
-        &src,
-        &p,
-        |k, v| {
-            Some(if k == keys::SLIDING_WINDOW {
-                Value::from(6u32)
-            } else {
-                v.clone()
-            })
-        },
-        |_, d| Some(d.to_vec()),
-    );
+    with_sliding_window(&fixtures::manifest("st21b").gguf("f32"), &p, 6);
     p
 }
 

@@ -9,9 +9,9 @@ mod model_graph_util;
 use std::path::{Path, PathBuf};
 
 use common::fixtures;
-use model_graph_util::{rel_diff, rewrite};
-use smallthinker::gguf::{GgufFile, Value};
-use smallthinker::model::{keys, KvCache, KvParams, KvType, Model, Rows, Session, SessionParams};
+use model_graph_util::{rel_diff, with_sliding_window};
+use smallthinker::gguf::GgufFile;
+use smallthinker::model::{KvCache, KvParams, KvType, Model, Rows, Session, SessionParams};
 
 const N_CTX: u32 = 64;
 const N_BATCH: u32 = 4;
@@ -82,18 +82,7 @@ fn back_and_on(path: &Path, first: &[u32], keep: usize, then: &[u32]) -> (bool, 
 
 fn small_window(dir: &tempfile::TempDir, window: u32) -> PathBuf {
     let p = dir.path().join(format!("st21b-swa{window}.gguf"));
-    rewrite(
-        &fixtures::manifest("st21b").gguf("f32"),
-        &p,
-        |k, v| {
-            Some(if k == keys::SLIDING_WINDOW {
-                Value::from(window)
-            } else {
-                v.clone()
-            })
-        },
-        |_, d| Some(d.to_vec()),
-    );
+    with_sliding_window(&fixtures::manifest("st21b").gguf("f32"), &p, window);
     p
 }
 

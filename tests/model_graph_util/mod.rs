@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 
 use smallthinker::gguf::{GgufFile, GgufWriter, Value};
-use smallthinker::model::{KvCache, KvParams, KvType, Model, Rows, Session, SessionParams};
+use smallthinker::model::{keys, KvCache, KvParams, KvType, Model, Rows, Session, SessionParams};
 
 /// Logits of `tokens` evaluated in `steps` (each a slice length and the rows wanted), concatenated.
 pub fn run(path: &Path, n_ctx: u32, n_batch: u32, ty: KvType, steps: &[(&[u32], Rows)]) -> Vec<f32> {
@@ -82,4 +82,21 @@ pub fn rewrite(
     }
     w.write(dst, |i, _, out: &mut dyn Write| out.write_all(f.tensor_data(&kept[i])))
         .unwrap();
+}
+
+/// Copies `src` to `dst` with its sliding window set to `window` (small windows make ring caches wrap in
+/// short tests).
+pub fn with_sliding_window(src: &Path, dst: &Path, window: u32) {
+    rewrite(
+        src,
+        dst,
+        |k, v| {
+            Some(if k == keys::SLIDING_WINDOW {
+                Value::from(window)
+            } else {
+                v.clone()
+            })
+        },
+        |_, d| Some(d.to_vec()),
+    );
 }
