@@ -52,6 +52,7 @@ fn budget_with(bytes: u64, policy: CachePolicy, io_backend: IoBackend) -> Budget
         pinned: Vec::new(),
         // Tests run concurrently: the process's resident set moves under them.
         assume_resident: Some(64 << 20),
+        interleave: false,
     }
 }
 
@@ -273,6 +274,7 @@ fn cache_params(backend: IoBackend) -> CacheParams {
         io_threads: 2,
         backend,
         frequencies: None,
+        interleave: None,
     }
 }
 

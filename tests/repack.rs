@@ -9,7 +9,8 @@ use std::path::Path;
 use model_graph_util::nmse;
 use smallthinker::convert::{convert, ConvertParams, OutType};
 use smallthinker::gguf::GgufFile;
-use smallthinker::model::{KvCache, KvParams, KvType, Model, Rows, Session, SessionParams};
+use smallthinker::graph::{CachePolicy, IoBackend};
+use smallthinker::model::{BudgetParams, KvCache, KvParams, KvType, Model, MoeSetup, Rows, Session, SessionParams};
 use smallthinker::synth::{synth, Shape, SynthDtype, SynthParams};
 
 /// A tiny-shaped checkpoint widened to rows of 256 (the repack rule), converted to Q4_0-pure.
@@ -42,24 +43,51 @@ fn model(dir: &Path, out_type: OutType) -> std::path::PathBuf {
 }
 
 fn logits(model: &Model<'_>) -> Vec<f32> {
+    logits_with(model, None).0
+}
+
+/// The logits (9 prompt tokens in one batch, then 3 decode steps), and with a budget `(bytes, interleave)`:
+/// the path's description and the cache's loads.
+fn logits_with(model: &Model<'_>, budget: Option<(u64, bool)>) -> (Vec<f32>, String, u64) {
     let kctx = KvCache::context(&model.hp).unwrap();
     let kvp = KvParams {
         n_ctx: 32,
-        n_batch: 8,
+        n_batch: 16,
         ty: KvType::F32,
     };
-    let mut s = Session::new(
-        model,
-        KvCache::new(&kctx, &model.hp, kvp).unwrap(),
-        SessionParams::default(),
-    )
-    .unwrap();
+    let kv = KvCache::new(&kctx, &model.hp, kvp).unwrap();
+    let mut s = match budget {
+        None => Session::new(model, kv, SessionParams::default()).unwrap(),
+        Some((bytes, interleave)) => {
+            let b = budget_params(bytes, interleave);
+            let (moe, _) = MoeSetup::with_budget(model, kv.allocated_bytes(), &b).unwrap();
+            Session::with_moe(model, kv, SessionParams::default(), moe).unwrap()
+        }
+    };
     let tokens: Vec<u32> = (0..12).map(|i| 100 + 37 * i).collect();
     let mut out = s.eval(&tokens[..9], Rows::All).unwrap();
     for &t in &tokens[9..] {
         out.extend(s.eval(&[t], Rows::Last).unwrap());
     }
-    out
+    let loads = s.cache_stats().map_or(0, |c| c.loads);
+    (out, s.moe_path().to_string(), loads)
+}
+
+fn budget_params(bytes: u64, interleave: bool) -> BudgetParams {
+    BudgetParams {
+        bytes,
+        policy: CachePolicy::Lru,
+        io_threads: 2,
+        io_backend: IoBackend::Auto,
+        n_threads: 2,
+        n_batch: 16,
+        n_outputs: 16,
+        frequencies: None,
+        pinned: Vec::new(),
+        // Tests run concurrently: the process's resident set moves under them.
+        assume_resident: Some(64 << 20),
+        interleave,
+    }
 }
 
 #[test]
@@ -122,4 +150,61 @@ fn repacked_experts_run_the_dense_path_with_the_mapped_logits() {
     let got = logits(&repacked);
     let e = nmse(&got, &want);
     assert!(e < 1e-10, "repacked experts vs mapped nmse {e:e}");
+}
+
+/// Under a budget, the cache interleaves each expert slot as ggml repacks the uncapped experts, and the expert op
+/// runs ggml's GEMV on them: the logits equal the uncapped `--repack all` path's bit for bit, prompt and decode,
+/// with experts evicted and read again. Without interleaving, the slots keep the file's layout (the native op's
+/// row dot products: close, not equal).
+#[test]
+fn budgeted_interleaved_slots_give_the_repacked_experts_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = model(dir.path(), OutType::Q4_0Pure);
+    let file = GgufFile::open(&path).unwrap();
+    let (wctx, rctx, dctx) = (
+        Model::context(&file).unwrap(),
+        Model::context(&file).unwrap(),
+        Model::context(&file).unwrap(),
+    );
+    let mapped = Model::load(&wctx, &file).unwrap();
+    let (uncapped, _) = mapped.repacked(&rctx, true).unwrap();
+    let (want, desc, _) = logits_with(&uncapped, None);
+    assert!(desc.starts_with("dense on repacked experts"), "{desc}");
+    // The capped model: dense matrices repacked, experts read from the file into slots.
+    let (capped, _) = mapped.repacked(&dctx, false).unwrap();
+    let hp = &capped.hp;
+    let kctx = KvCache::context(hp).unwrap();
+    let kv_bytes = KvCache::new(
+        &kctx,
+        hp,
+        KvParams {
+            n_ctx: 32,
+            n_batch: 16,
+            ty: KvType::F32,
+        },
+    )
+    .unwrap()
+    .allocated_bytes();
+    let (_, r) = MoeSetup::with_budget(&capped, kv_bytes, &budget_params(64 << 30, true)).unwrap();
+    // One layer's experts and two more: every layer evicts.
+    let n = u64::from(hp.n_expert) + 2;
+    let need = r.resident + r.kv + r.compute + (16 << 20) + n * r.slot + r.slot / 4;
+    let bytes = (need as f64 * 32.0 / 31.0).ceil() as u64;
+    let (got, desc, loads) = logits_with(&capped, Some((bytes, true)));
+    assert!(desc.contains("slots interleaved"), "{desc}");
+    assert!(
+        loads > u64::from(hp.n_layer * hp.n_expert),
+        "only {loads} loads: nothing was evicted"
+    );
+    let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(
+        same && got.len() == want.len(),
+        "interleaved slots vs repacked experts: nmse {:e}",
+        nmse(&got, &want)
+    );
+
+    let (native, desc, _) = logits_with(&capped, Some((bytes, false)));
+    assert!(desc.contains("slots in the GGUF layout"), "{desc}");
+    let e = nmse(&native, &want);
+    assert!(e < 1e-8, "file-layout slots vs repacked experts nmse {e:e}");
 }

@@ -21,6 +21,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use super::expert_io::{ExpertFile, ExpertReadError, Extent, IoBackend, ALIGN};
+use crate::ggml::q4x8;
 use crate::ggml::rows::AlignedBytes;
 use crate::ggml::uring::{Uring, Waker};
 
@@ -117,6 +118,9 @@ pub struct CacheParams {
     pub backend: IoBackend,
     /// Per (layer, expert), layer-major: initial frequencies for [`CachePolicy::Frequency`] (e.g. a profile).
     pub frequencies: Option<Vec<f32>>,
+    /// Elements per row of gate, up and down: each slot is interleaved once read ([`q4x8::interleave`], all
+    /// three Q4_0 with whole groups of 8 rows), for [`q4x8::Gemv`].
+    pub interleave: Option<[usize; 3]>,
 }
 
 /// One expert's bytes, borrowed from its slot while the guard lives.
@@ -128,7 +132,8 @@ pub struct ExpertGuard<'c> {
 }
 
 impl ExpertGuard<'_> {
-    /// `[gate, up, down]`, each as the GGUF stores the expert's slice.
+    /// `[gate, up, down]`, each as the GGUF stores the expert's slice (or interleaved, see
+    /// [`CacheParams::interleave`]).
     pub fn matrices(&self) -> [&[u8]; 3] {
         let b = self.buf.as_slice();
         let m = |i: usize| &b[self.offs[i]..self.offs[i] + self.lens[i]];
@@ -219,6 +224,7 @@ pub struct CacheCore {
     reader: Reader,
     /// Wakes the io_uring thread when a read is queued while it waits for completions.
     wake: Option<Waker>,
+    interleave: Option<[usize; 3]>,
 }
 
 impl ExpertCache {
@@ -290,6 +296,7 @@ impl ExpertCache {
             region_gate_up: [rg, ru],
             reader,
             wake,
+            interleave: p.interleave,
         });
         let workers = match ring {
             Some(ring) => {
@@ -520,6 +527,24 @@ impl CacheCore {
         [lead..lead + rg, lead + rg..lead + rg + ru, lead + rg + ru..bytes.len()]
     }
 
+    /// Whether slots hold interleaved matrices ([`CacheParams::interleave`]).
+    pub fn is_interleaved(&self) -> bool {
+        self.interleave.is_some()
+    }
+
+    /// After `key`'s reads into its slot's `bytes` succeeded, with the write lock still held: interleaves them
+    /// when the cache does. On the I/O thread, so the compute threads never wait on it for a hit.
+    pub(super) fn prepare(&self, key: usize, bytes: &mut [u8]) {
+        let Some(n) = self.interleave else { return };
+        let x = self.extents[key];
+        let regions = self.regions(bytes);
+        let mut tmp = Vec::new();
+        for (i, ext) in [x.gate, x.up, x.down].into_iter().enumerate() {
+            let at = regions[i].start + (ext.offset % ALIGN) as usize;
+            q4x8::interleave(&mut bytes[at..at + ext.len as usize], n[i], &mut tmp);
+        }
+    }
+
     /// Waits for a queued read; false once the cache is dropped.
     pub(super) fn wait_for_job(&self) -> bool {
         let mut q = lock(&self.queue);
@@ -577,6 +602,7 @@ impl CacheCore {
             self.file.read(ext, &mut bytes[regions[i].clone()], (&names[i], e))?;
             total += ext.aligned().1;
         }
+        self.prepare(key, bytes);
         Ok(total)
     }
 }

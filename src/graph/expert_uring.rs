@@ -79,6 +79,7 @@ fn finish(core: &CacheCore, g: Group<'_>, results: ReadResults) {
             complete_read(&core.file, &plans[i], region, res, what)?;
             total += plans[i].ext.aligned().1;
         }
+        core.prepare(job.key, bytes);
         Ok(total)
     })();
     drop(buf);

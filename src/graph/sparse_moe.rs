@@ -14,7 +14,8 @@ use std::sync::{Arc, RwLock};
 use super::expert_cache::ExpertCache;
 use super::moe::MoeWeights;
 use super::sparse_kernel::{expert_op, reduce_op, router_op};
-use super::sparse_native::{native_expert_op, weighted_sum_op, NativeDown};
+use super::sparse_native::{native_expert_op, weighted_sum_op, Interleaved, NativeDown};
+use crate::ggml::q4x8::Gemv;
 use crate::ggml::rows::{AlignedBytes, RowDequant, RowDot, RowQuant};
 use crate::ggml::{Context, Graph, Tensor};
 use crate::gguf::GgmlType;
@@ -156,6 +157,7 @@ impl SparseMoe {
         });
         let n_ff = p.n_ff_exp as usize;
         let n_expert = p.n_expert as usize;
+        let interleaved = shared.cache.as_ref().is_some_and(|c| c.is_interleaved());
         let mut down_ty = GgmlType::F32;
         let states = (0u32..)
             .zip(layers)
@@ -199,7 +201,24 @@ impl SparseMoe {
                         n_ff,
                     ))?;
                     let f32_rows = RowDequant::new(GgmlType::F32, n_embd).expect("F32 rows");
-                    (f32_rows, AlignedBytes::zeroed(0), Some(NativeDown { dot, h_q }))
+                    let x8 = if interleaved {
+                        let gate_up = Gemv::new(w.gate_exps.ty(), n_embd, n_ff)
+                            .filter(|_| w.up_exps.ty() == w.gate_exps.ty())
+                            .ok_or(unsupported(
+                                "interleaved ffn_gate_exps/ffn_up_exps",
+                                w.gate_exps.ty(),
+                                n_embd,
+                            ))?;
+                        let down = Gemv::new(src_ty, n_ff, n_embd).ok_or(unsupported(
+                            "interleaved ffn_down_exps",
+                            src_ty,
+                            n_ff,
+                        ))?;
+                        Some(Interleaved { gate_up, down })
+                    } else {
+                        None
+                    };
+                    (f32_rows, AlignedBytes::zeroed(0), Some(NativeDown { dot, h_q, x8 }))
                 } else {
                     let src_deq = RowDequant::new(src_ty, n_ff).ok_or(unsupported("ffn_down_exps", src_ty, n_ff))?;
                     let bytes = w.down_exps.to_bytes().map_err(|e| SparseMoeError::Read {

@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 
 use super::expert_cache::ExpertCache;
 use super::sparse_moe::LayerState;
+use crate::ggml::q4x8::{Gemv, ROWS};
 use crate::ggml::rows::{AlignedBytes, RowDot, RowQuant};
 use crate::ggml::CustomOpCtx;
 
@@ -19,6 +20,14 @@ use crate::ggml::CustomOpCtx;
 pub(super) struct NativeDown {
     pub dot: RowDot,
     pub h_q: RowQuant,
+    /// Set when the expert cache interleaves its slots: the products run as ggml's 8-row GEMVs instead.
+    pub x8: Option<Interleaved>,
+}
+
+/// The GEMVs over interleaved experts: gate and up (rows of `n_embd`), down (rows of `n_ff`).
+pub(super) struct Interleaved {
+    pub gate_up: Gemv,
+    pub down: Gemv,
 }
 
 /// Sources: `cur [n_embd, n_out]`, gate and up `[n_embd, n_ff, n_expert]`, down `[n_ff, n_embd, n_expert]`,
@@ -93,6 +102,19 @@ pub(super) fn native_expert_op(l: &LayerState, nd: &NativeDown, cache: Option<&E
                 l.up_q.run(x, xu.as_mut_slice());
                 xu.as_slice()
             };
+            if let Some(x8) = &nd.x8 {
+                active += interleaved_expert(
+                    x8,
+                    [gate, up, down],
+                    [xg.as_slice(), xu],
+                    &mut h,
+                    nd,
+                    &mut hq,
+                    rows[i].1,
+                );
+                total += n_ff as u64;
+                continue;
+            }
             for (j, hj) in h.iter_mut().enumerate() {
                 let g = l.gate.dot(&gate[j * wl..(j + 1) * wl], xg.as_slice());
                 *hj = if g > 0.0 {
@@ -111,6 +133,51 @@ pub(super) fn native_expert_op(l: &LayerState, nd: &NativeDown, cache: Option<&E
     }
     l.shared.active.fetch_add(active, Ordering::Relaxed);
     l.shared.total.fetch_add(total, Ordering::Relaxed);
+}
+
+/// One (token, expert) row on interleaved matrices: `g`, then `up` for the 8-row groups with an active neuron,
+/// the same ReGLU, and `down` on the quantised hidden vector, as ggml's repacked mul_mat_id graph computes it.
+/// Returns the active neurons. `h` is scratch of `n_ff`.
+fn interleaved_expert(
+    x8: &Interleaved,
+    [gate, up, down]: [&[u8]; 3],
+    [xg, xu]: [&[u8]; 2],
+    h: &mut [f32],
+    nd: &NativeDown,
+    hq: &mut AlignedBytes,
+    out: &mut [f32],
+) -> u64 {
+    let n_ff = h.len();
+    let mut g = vec![0f32; n_ff];
+    x8.gate_up.run(gate, xg, &mut g);
+    let group = x8.gate_up.w_len(ROWS);
+    let live = |j: usize| g[j..j + ROWS].iter().any(|&v| v > 0.0);
+    let mut j = 0;
+    while j < n_ff {
+        if !live(j) {
+            h[j..j + ROWS].fill(0.0);
+            j += ROWS;
+            continue;
+        }
+        let start = j;
+        while j < n_ff && live(j) {
+            j += ROWS;
+        }
+        x8.gate_up
+            .run(&up[start / ROWS * group..j / ROWS * group], xu, &mut h[start..j]);
+    }
+    let mut active = 0;
+    for (hj, &gj) in h.iter_mut().zip(&g) {
+        *hj = if gj > 0.0 {
+            active += 1;
+            gj * *hj
+        } else {
+            0.0
+        };
+    }
+    nd.h_q.run(h, hq.as_mut_slice());
+    x8.down.run(down, hq.as_slice(), out);
+    active
 }
 
 /// Sources: `y [n_embd, k * n_out]` from [`native_expert_op`], `weights [k, n_tokens]`, optional

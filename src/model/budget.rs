@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::session::MoeSetup;
 use super::Model;
+use crate::ggml::q4x8::Gemv;
 use crate::graph::{
     CacheParams, CachePolicy, DownType, ExpertCache, ExpertExtents, ExpertFile, ExpertReadError, Extent, IoBackend,
     SparseMoe, SparseParams, N_PARTS,
@@ -40,6 +41,9 @@ pub struct BudgetParams {
     /// Count this as the process's resident set instead of measuring it (for a process that shares the budget
     /// with other work it accounts for itself, and for tests running concurrently).
     pub assume_resident: Option<u64>,
+    /// Interleave each expert slot once read, where all three matrices are Q4_0 that ggml would repack: the
+    /// capped experts then run the kernels, and give the logits, of the uncapped `--repack all` path.
+    pub interleave: bool,
 }
 
 /// Why a budgeted setup could not be made.
@@ -101,6 +105,17 @@ fn compute_bound(model: &Model<'_>, n_batch: u32, n_outputs: u32) -> u64 {
     let per_token = 4 * (16 * n_embd + 2 * qkv + (k + N_PARTS as u64) * n_embd + 4 * u64::from(hp.n_expert));
     let logits = 4 * u64::from(hp.n_vocab) * u64::from(n_outputs.max(1));
     u64::from(n_batch) * per_token + logits + (16 << 20)
+}
+
+/// Whether every layer's three expert matrices are Q4_0 of a shape ggml repacks (so [`Gemv`] runs them).
+fn interleavable(model: &Model<'_>) -> bool {
+    let (n_embd, n_ff) = (model.hp.n_embd as usize, model.hp.n_ff_exp as usize);
+    model.layers.iter().all(|l| {
+        let x = &l.experts;
+        Gemv::new(x.gate_exps.ty(), n_embd, n_ff).is_some()
+            && Gemv::new(x.up_exps.ty(), n_embd, n_ff).is_some()
+            && Gemv::new(x.down_exps.ty(), n_ff, n_embd).is_some()
+    })
 }
 
 fn extents(model: &Model<'_>) -> Result<(Vec<ExpertExtents>, Vec<[String; 3]>), BudgetError> {
@@ -192,6 +207,10 @@ impl MoeSetup {
         }
         let n_slots = n_slots.min(extents.len());
         let efile = ExpertFile::open(file.path(), file.identity())?;
+        let interleave = (b.interleave && interleavable(model)).then_some({
+            let (n_embd, n_ff) = (model.hp.n_embd as usize, model.hp.n_ff_exp as usize);
+            [n_embd, n_embd, n_ff]
+        });
         let cache = ExpertCache::new(
             efile,
             extents,
@@ -203,6 +222,7 @@ impl MoeSetup {
                 io_threads: b.io_threads,
                 backend: b.io_backend,
                 frequencies: b.frequencies.clone(),
+                interleave,
             },
         )?;
         let (direct_io, io_backend, io_description) = (cache.is_direct(), cache.io_backend(), cache.io_description());
@@ -240,9 +260,13 @@ impl MoeSetup {
             direct_io,
             io_backend,
         };
+        let layout = if cache.is_interleaved() {
+            "slots interleaved as ggml repacks Q4_0 (8-row GEMV)"
+        } else {
+            "slots in the GGUF layout"
+        };
         let description = format!(
-            "sparse, experts from a cache of {n_slots} of {} experts ({:.0} MiB; {} pinned; reads: {io_description}), down on the \
-             GGUF layout; budget {:.0} MiB = process and dense weights {:.0} + KV {:.0} + compute {:.0} + margin \
+            "sparse, experts from a cache of {n_slots} of {} experts ({:.0} MiB; {} pinned; reads: {io_description}), {layout}; budget {:.0} MiB = process and dense weights {:.0} + KV {:.0} + compute {:.0} + margin \
              {:.0} + cache",
             report.n_experts_total,
             (n_slots as u64 * slot) as f64 / MIB,

@@ -321,6 +321,7 @@ pub fn session<'a>(
                 frequencies,
                 pinned,
                 assume_resident: None,
+                interleave: !args.no_repack && args.repack == RepackArg::All,
             };
             let (moe, _) = MoeSetup::with_budget(model, kv.allocated_bytes(), &b)?;
             Session::with_moe(model, kv, params, moe)?

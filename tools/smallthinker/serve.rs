@@ -101,6 +101,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
                 frequencies: None,
                 pinned: Vec::new(),
                 assume_resident: None,
+                interleave: !args.no_repack,
             }),
         },
         host: args.host.clone(),
