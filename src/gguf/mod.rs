@@ -134,6 +134,15 @@ impl GgufFile {
         Ok(())
     }
 
+    /// Drops the file's pages from the page cache, except those mapped by a process (the kernel keeps them). Once
+    /// the dense tensors are prefaulted, the rest is what loading left behind (the sources of repacked copies,
+    /// readahead): a second copy that a memory cap (a cgroup counts the page cache) charges to the process.
+    pub fn drop_page_cache(&self) -> std::io::Result<()> {
+        let f = std::fs::File::open(&self.path)?;
+        rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed)?;
+        Ok(())
+    }
+
     /// Drops this process's mapped pages of these tensors (they stay readable, from the file); used once their
     /// data lives in a repacked copy.
     pub fn release(&self, tensors: &[&TensorInfo]) -> std::io::Result<()> {

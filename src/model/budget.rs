@@ -185,6 +185,8 @@ impl MoeSetup {
         let names = model.mapped_dense();
         let dense: Vec<_> = names.iter().filter_map(|n| file.tensor(n)).collect();
         file.prefault_only(&dense).map_err(io)?;
+        // Best effort: without it a cgroup cap reclaims under the cache instead of seeing free memory.
+        let _ = file.drop_page_cache();
         let resident = b.assume_resident.or_else(resident_bytes).unwrap_or(0);
         let compute = compute_bound(model, b.n_batch, b.n_outputs);
         let margin = b.bytes / 32 + (16 << 20);
