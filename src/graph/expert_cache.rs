@@ -1,5 +1,6 @@
 //! The expert cache of memory-capped inference (engine-notes §3): a fixed number of slots, each holding one
-//! expert's gate, up and down matrices exactly as the GGUF stores them, read from storage by one io_uring
+//! expert's gate, up and down matrices as the GGUF stores them (or, for Q4_0, rewritten once read into ggml's
+//! interleaved 8-row layout: [`CacheParams::interleave`]), read from storage by one io_uring
 //! thread with several experts in flight (`expert_uring.rs`) or by a pool of `pread` threads
 //! ([`super::expert_io`]).
 //!
