@@ -63,6 +63,7 @@ pub(super) fn native_expert_op(l: &LayerState, nd: &NativeDown, cache: Option<&E
     let mut xg = AlignedBytes::zeroed(gl);
     let mut xu = AlignedBytes::zeroed(ul);
     let mut h = vec![0f32; n_ff];
+    let mut g = vec![0f32; if nd.x8.is_some() { n_ff } else { 0 }];
     let mut hq = AlignedBytes::zeroed(nd.h_q.len());
     let (mut active, mut total) = (0u64, 0u64);
     let timed = op.ith() == 0;
@@ -103,15 +104,12 @@ pub(super) fn native_expert_op(l: &LayerState, nd: &NativeDown, cache: Option<&E
                 xu.as_slice()
             };
             if let Some(x8) = &nd.x8 {
-                active += interleaved_expert(
-                    x8,
-                    [gate, up, down],
-                    [xg.as_slice(), xu],
-                    &mut h,
-                    nd,
-                    &mut hq,
-                    rows[i].1,
-                );
+                let scratch = Scratch {
+                    g: &mut g,
+                    h: &mut h,
+                    hq: &mut hq,
+                };
+                active += interleaved_expert(x8, [gate, up, down], [xg.as_slice(), xu], &nd.h_q, scratch, rows[i].1);
                 total += n_ff as u64;
                 continue;
             }
@@ -135,21 +133,26 @@ pub(super) fn native_expert_op(l: &LayerState, nd: &NativeDown, cache: Option<&E
     l.shared.total.fetch_add(total, Ordering::Relaxed);
 }
 
+/// Per-thread buffers of [`interleaved_expert`]: gate outputs and hidden vector (`n_ff` each), its quantised copy.
+struct Scratch<'s> {
+    g: &'s mut [f32],
+    h: &'s mut [f32],
+    hq: &'s mut AlignedBytes,
+}
+
 /// One (token, expert) row on interleaved matrices: `g`, then `up` for the 8-row groups with an active neuron,
-/// the same ReGLU, and `down` on the quantised hidden vector, as ggml's repacked mul_mat_id graph computes it.
-/// Returns the active neurons. `h` is scratch of `n_ff`.
+/// the same ReGLU, and `down` on the hidden vector quantised by `h_q`, as ggml's repacked mul_mat_id graph
+/// computes it. Returns the active neurons.
 fn interleaved_expert(
     x8: &Interleaved,
     [gate, up, down]: [&[u8]; 3],
     [xg, xu]: [&[u8]; 2],
-    h: &mut [f32],
-    nd: &NativeDown,
-    hq: &mut AlignedBytes,
+    h_q: &RowQuant,
+    Scratch { g, h, hq }: Scratch<'_>,
     out: &mut [f32],
 ) -> u64 {
     let n_ff = h.len();
-    let mut g = vec![0f32; n_ff];
-    x8.gate_up.run(gate, xg, &mut g);
+    x8.gate_up.run(gate, xg, g);
     let group = x8.gate_up.w_len(ROWS);
     let live = |j: usize| g[j..j + ROWS].iter().any(|&v| v > 0.0);
     let mut j = 0;
@@ -167,7 +170,7 @@ fn interleaved_expert(
             .run(&up[start / ROWS * group..j / ROWS * group], xu, &mut h[start..j]);
     }
     let mut active = 0;
-    for (hj, &gj) in h.iter_mut().zip(&g) {
+    for (hj, &gj) in h.iter_mut().zip(g.iter()) {
         *hj = if gj > 0.0 {
             active += 1;
             gj * *hj
@@ -175,7 +178,7 @@ fn interleaved_expert(
             0.0
         };
     }
-    nd.h_q.run(h, hq.as_mut_slice());
+    h_q.run(h, hq.as_mut_slice());
     x8.down.run(down, hq.as_slice(), out);
     active
 }

@@ -2,9 +2,10 @@
 //!
 //! What is counted, in order: the process as it stands once the dense weights (attention, router, norms,
 //! output; repacked copies already sit in memory, mapped ones are faulted in now) are resident (its resident
-//! set, which includes the tokenizer and the binary), the KV cache as allocated, a bound on the compute buffers of one batch, and a safety margin; the rest
-//! is expert slots, each holding one expert's three matrices as the file stores them (Q4_0 interleaved once read). Expert pages are never
-//! touched through the map (its readahead is turned off), so the page cache does not hold a second copy.
+//! set, which includes the tokenizer and the binary), the KV cache as allocated, a bound on the compute buffers
+//! of one batch, and a safety margin; the rest is expert slots, each holding one expert's three matrices as the
+//! file stores them (Q4_0 interleaved once read). Expert pages are never touched through the map (its readahead
+//! is turned off), and the page cache that loading left is dropped, so the page cache holds no second copy.
 
 use std::sync::Arc;
 
