@@ -46,9 +46,23 @@ fn logits(model: &Model<'_>) -> Vec<f32> {
     logits_with(model, None).0
 }
 
+/// [`logits`] on ggml's mul_mat_id graph (`--dense`), with the path's description.
+fn dense_logits(model: &Model<'_>) -> (Vec<f32>, String) {
+    let p = SessionParams {
+        dense: true,
+        ..SessionParams::default()
+    };
+    let (out, desc, _) = eval(model, None, p);
+    (out, desc)
+}
+
 /// The logits (9 prompt tokens in one batch, then 3 decode steps), and with a budget `(bytes, interleave)`:
 /// the path's description and the cache's loads.
 fn logits_with(model: &Model<'_>, budget: Option<(u64, bool)>) -> (Vec<f32>, String, u64) {
+    eval(model, budget, SessionParams::default())
+}
+
+fn eval(model: &Model<'_>, budget: Option<(u64, bool)>, params: SessionParams) -> (Vec<f32>, String, u64) {
     let kctx = KvCache::context(&model.hp).unwrap();
     let kvp = KvParams {
         n_ctx: 32,
@@ -57,11 +71,11 @@ fn logits_with(model: &Model<'_>, budget: Option<(u64, bool)>) -> (Vec<f32>, Str
     };
     let kv = KvCache::new(&kctx, &model.hp, kvp).unwrap();
     let mut s = match budget {
-        None => Session::new(model, kv, SessionParams::default()).unwrap(),
+        None => Session::new(model, kv, params).unwrap(),
         Some((bytes, interleave)) => {
             let b = budget_params(bytes, interleave);
             let (moe, _) = MoeSetup::with_budget(model, kv.allocated_bytes(), &b).unwrap();
-            Session::with_moe(model, kv, SessionParams::default(), moe).unwrap()
+            Session::with_moe(model, kv, params, moe).unwrap()
         }
     };
     let tokens: Vec<u32> = (0..12).map(|i| 100 + 37 * i).collect();
@@ -125,8 +139,10 @@ fn files_without_a_repacked_form_are_left_mapped() {
     assert!(logits(&same) == want);
 }
 
+/// Repacked experts take the sparse op on ggml's 8-row kernels (a GEMV per decode token, a GEMM over each
+/// expert's tokens in the 9-token prompt): bit for bit the logits of ggml's mul_mat_id on the same tensors.
 #[test]
-fn repacked_experts_run_the_dense_path_with_the_mapped_logits() {
+fn repacked_experts_run_the_sparse_op_with_the_dense_paths_logits() {
     let dir = tempfile::tempdir().unwrap();
     let path = model(dir.path(), OutType::Q4_0Pure);
     let file = GgufFile::open(&path).unwrap();
@@ -143,13 +159,21 @@ fn repacked_experts_run_the_dense_path_with_the_mapped_logits() {
     assert!(exps > 0 && bytes > exps, "{bytes} bytes moved, experts alone {exps}");
     let moe = smallthinker::model::MoeSetup::new(&repacked, &SessionParams::default());
     assert!(
-        moe.description().starts_with("dense on repacked experts"),
+        moe.description().starts_with("sparse on repacked experts"),
         "{}",
         moe.description()
     );
     let got = logits(&repacked);
     let e = nmse(&got, &want);
     assert!(e < 1e-10, "repacked experts vs mapped nmse {e:e}");
+    let (dense, desc) = dense_logits(&repacked);
+    assert!(desc.starts_with("dense"), "{desc}");
+    let same = got.iter().zip(&dense).all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(
+        same && got.len() == dense.len(),
+        "sparse vs mul_mat_id on repacked experts: nmse {:e}",
+        nmse(&got, &dense)
+    );
 }
 
 /// Under a budget, the cache interleaves each expert slot as ggml repacks the uncapped experts, and the expert op
@@ -168,8 +192,8 @@ fn budgeted_interleaved_slots_give_the_repacked_experts_logits() {
     );
     let mapped = Model::load(&wctx, &file).unwrap();
     let (uncapped, _) = mapped.repacked(&rctx, true).unwrap();
-    let (want, desc, _) = logits_with(&uncapped, None);
-    assert!(desc.starts_with("dense on repacked experts"), "{desc}");
+    let (want, desc) = dense_logits(&uncapped);
+    assert!(desc.starts_with("dense"), "{desc}");
     // The capped model: dense matrices repacked, experts read from the file into slots.
     let (capped, _) = mapped.repacked(&dctx, false).unwrap();
     let hp = &capped.hp;

@@ -28,7 +28,25 @@ extern "C" {
         nr: std::ffi::c_int,
         nc: std::ffi::c_int,
     );
+    // Its GEMM: nr activation rows (a multiple of 4, as nr / 4 groups of block_q8_0x4) by nc interleaved rows;
+    // s[r * bs + j] = dot(row j, activation r).
+    fn ggml_gemm_q4_0_8x8_q8_0(
+        n: std::ffi::c_int,
+        s: *mut f32,
+        bs: usize,
+        vx: *const std::ffi::c_void,
+        vy: *const std::ffi::c_void,
+        nr: std::ffi::c_int,
+        nc: std::ffi::c_int,
+    );
+    // Quantises 4 consecutive rows of k floats into k / 32 block_q8_0x4 (the GEMM's activation layout).
+    fn ggml_quantize_mat_q8_0_4x8(x: *const f32, vy: *mut std::ffi::c_void, k: i64);
 }
+
+/// Activation rows per block_q8_0x4 group of [`Gemv::gemm`].
+pub const XROWS: usize = 4;
+/// Bytes of one block_q8_0x4: 4 f16 scales and 4 x 32 quants.
+const X4_BLOCK: usize = XROWS * 2 + XROWS * 32;
 
 /// Rewrites `bytes` (whole rows of `n` Q4_0 elements, a multiple of 8 rows) into the interleaved layout, in
 /// place (the two layouts take the same bytes per group of 8 rows). `tmp` is scratch.
@@ -109,6 +127,60 @@ impl Gemv {
             )
         }
     }
+
+    /// Bytes of `groups` groups of [`XROWS`] quantised activation rows.
+    pub fn x4_len(&self, groups: usize) -> usize {
+        groups * self.n / 32 * X4_BLOCK
+    }
+
+    /// Quantises [`XROWS`] rows of `n` (`x`, row-major) into one activation group (`out`, [`x4_len`](Self::x4_len)
+    /// `(1)` bytes), as ggml's repacked mul_mat quantises its activations.
+    pub fn quantize_x4(&self, x: &[f32], out: &mut [u8]) {
+        assert!(
+            x.len() == XROWS * self.n && out.len() == self.x4_len(1),
+            "quantize_x4: {} floats into {} bytes for rows of {}",
+            x.len(),
+            out.len(),
+            self.n
+        );
+        // SAFETY: x holds 4 rows of n floats and out n / 32 block_q8_0x4 (checked above; unaligned access).
+        unsafe { ggml_quantize_mat_q8_0_4x8(x.as_ptr(), out.as_mut_ptr().cast(), self.n as i64) }
+    }
+
+    /// `out[r * bs + j] = dot(row j of w, activation r)` for the `x4.len() / x4_len(1) * 4` activation rows of `x4`
+    /// (groups from [`quantize_x4`](Self::quantize_x4)) and the `rows` interleaved rows of `w` (whole groups).
+    pub fn gemm(&self, w: &[u8], x4: &[u8], rows: usize, out: &mut [f32], bs: usize) {
+        let one = self.x4_len(1);
+        let nr = x4.len() / one * XROWS;
+        assert!(
+            rows % ROWS == 0
+                && w.len() == self.w_len(rows)
+                && x4.len() % one == 0
+                && bs >= rows
+                && (nr == 0 || out.len() >= (nr - 1) * bs + rows),
+            "Gemv::gemm: {} weight bytes for {rows} rows of {}, {} activation bytes, {} outputs with stride {bs}",
+            w.len(),
+            self.n,
+            x4.len(),
+            out.len()
+        );
+        if rows == 0 || nr == 0 {
+            return;
+        }
+        // SAFETY: w holds rows / 8 groups of block_q4_0x8 and x4 nr / 4 groups of block_q8_0x4 over rows of n;
+        // out has room for nr rows of stride bs of which `rows` are written (all checked above).
+        unsafe {
+            ggml_gemm_q4_0_8x8_q8_0(
+                self.n as std::ffi::c_int,
+                out.as_mut_ptr(),
+                bs,
+                w.as_ptr().cast(),
+                x4.as_ptr().cast(),
+                nr as std::ffi::c_int,
+                rows as std::ffi::c_int,
+            )
+        }
+    }
 }
 
 #[cfg(test)]
@@ -155,6 +227,55 @@ mod tests {
         gemv.run(w.as_slice(), x.as_slice(), &mut got);
         for (r, (g, e)) in got.iter().zip(&want).enumerate() {
             assert!((g - e).abs() <= 1e-4 * e.abs().max(1.0), "row {r}: {g} vs {e}");
+        }
+    }
+
+    /// ggml's GEMM gives, for every activation row, exactly what its GEMV gives for that row alone, whether
+    /// the rows go in one call (its 16-row path) or 4 at a time: the batched expert op relies on this, so that
+    /// a row's result depends neither on the batch nor on the thread split.
+    #[test]
+    fn gemm_rows_equal_gemv() {
+        let (n, rows, nr) = (512, 32, 20);
+        let Some(gemv) = Gemv::new(GgmlType::Q4_0, n, rows) else {
+            eprintln!("note: no Q4_0 repack on this CPU");
+            return;
+        };
+        let wq = RowQuant::new(GgmlType::Q4_0, n).unwrap();
+        let mut w = AlignedBytes::zeroed(gemv.w_len(rows));
+        let wl = wq.len();
+        for r in 0..rows {
+            wq.run(&random(n, r as u32), &mut w.as_mut_slice()[r * wl..(r + 1) * wl]);
+        }
+        interleave(w.as_mut_slice(), n, &mut Vec::new());
+        let xs = random(n * nr, 7);
+        let one = gemv.x4_len(1);
+        let mut x4 = vec![0u8; gemv.x4_len(nr / XROWS)];
+        for (g, out) in x4.chunks_exact_mut(one).enumerate() {
+            gemv.quantize_x4(&xs[g * XROWS * n..(g + 1) * XROWS * n], out);
+        }
+        let bs = rows + 3;
+        let mut all = vec![f32::NAN; nr * bs];
+        gemv.gemm(w.as_slice(), &x4, rows, &mut all, bs);
+        let xq = RowQuant::new(GgmlType::Q8_0, n).unwrap();
+        let mut xr = AlignedBytes::zeroed(xq.len());
+        for r in 0..nr {
+            xq.run(&xs[r * n..(r + 1) * n], xr.as_mut_slice());
+            let mut want = vec![0f32; rows];
+            gemv.run(w.as_slice(), xr.as_slice(), &mut want);
+            assert_eq!(
+                &all[r * bs..r * bs + rows],
+                &want[..],
+                "activation row {r}: gemm vs gemv"
+            );
+            let g = r / XROWS;
+            let mut four = vec![0f32; XROWS * rows];
+            gemv.gemm(w.as_slice(), &x4[g * one..(g + 1) * one], rows, &mut four, rows);
+            let m = r % XROWS;
+            assert_eq!(
+                &four[m * rows..(m + 1) * rows],
+                &want[..],
+                "activation row {r}: 4-row gemm"
+            );
         }
     }
 

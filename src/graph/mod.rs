@@ -11,6 +11,7 @@ pub mod expert_cache;
 pub mod expert_io;
 mod expert_uring;
 pub mod moe;
+mod sparse_batched;
 mod sparse_kernel;
 pub mod sparse_moe;
 mod sparse_native;

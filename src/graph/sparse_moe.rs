@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock};
 
 use super::expert_cache::ExpertCache;
 use super::moe::MoeWeights;
+use super::sparse_batched::{batched_expert_op, sorted_sum_op};
 use super::sparse_kernel::{expert_op, reduce_op, router_op};
 use super::sparse_native::{native_expert_op, weighted_sum_op, Interleaved, NativeDown};
 use crate::ggml::q4x8::Gemv;
@@ -134,6 +135,9 @@ pub struct SparseParams {
     pub n_threads: usize,
     /// Experts come from this cache instead of the mapped tensors (requires [`DownType::Native`]).
     pub cache: Option<ExpertCache>,
+    /// The expert tensors are ggml's repacked (interleaved) Q4_0 ones: the op runs ggml's 8-row kernels on them
+    /// (requires [`DownType::Native`]; with a cache, the cache says whether its slots are interleaved).
+    pub repacked: bool,
 }
 
 impl SparseMoe {
@@ -147,6 +151,7 @@ impl SparseMoe {
         let (down, n_threads) = (sp.down, sp.n_threads);
         let down = match (down, &sp.cache) {
             (_, Some(_)) | (DownType::Auto, None) => DownType::Native,
+            _ if sp.repacked => DownType::Native,
             (d, None) => d,
         };
         let shared = Arc::new(Shared {
@@ -157,7 +162,10 @@ impl SparseMoe {
         });
         let n_ff = p.n_ff_exp as usize;
         let n_expert = p.n_expert as usize;
-        let interleaved = shared.cache.as_ref().is_some_and(|c| c.is_interleaved());
+        let interleaved = match &shared.cache {
+            Some(c) => c.is_interleaved(),
+            None => sp.repacked,
+        };
         let mut down_ty = GgmlType::F32;
         let states = (0u32..)
             .zip(layers)
@@ -322,6 +330,28 @@ impl SparseMoe {
     ) -> Tensor<'a> {
         let l = self.layers[il as usize].clone();
         let (n_embd, n_out) = (cur.ne()[0], cur.ne()[1]);
+        let batched = n_out > 1 && l.native.as_ref().is_some_and(|nd| nd.x8.is_some());
+        if batched {
+            // Several tokens on interleaved experts: rows sorted by expert through ggml's GEMM.
+            let k = i64::from(l.p.n_expert_used);
+            let mut args = vec![cur, w.gate_exps, w.up_exps, w.down_exps];
+            args.extend(out_ids);
+            let (cache, ls) = (self.shared.cache.clone(), l.clone());
+            let y = ctx
+                .custom_4d("ffn_moe_down", [n_embd, k * n_out, 1, 1], &args, move |op| {
+                    let nd = ls.native.as_ref().expect("native layer");
+                    let x8 = nd.x8.as_ref().expect("interleaved layer");
+                    batched_expert_op(&ls, (x8, &nd.h_q), cache.as_deref(), op)
+                })
+                .format_name("ffn_moe_down", il as i32); // [n_embd, k * n_out], rows sorted by expert
+            let mut args = vec![y, weights];
+            args.extend(out_ids);
+            return ctx
+                .custom_4d("ffn_moe_sum", [n_embd, n_out, 1, 1], &args, move |op| {
+                    sorted_sum_op(&l, op)
+                })
+                .format_name("ffn_moe_out", il as i32); // [n_embd, n_out]
+        }
         if l.native.is_some() {
             let k = i64::from(l.p.n_expert_used);
             let mut args = vec![cur, w.gate_exps, w.up_exps, w.down_exps];

@@ -134,16 +134,16 @@ pub(super) fn native_expert_op(l: &LayerState, nd: &NativeDown, cache: Option<&E
 }
 
 /// Per-thread buffers of [`interleaved_expert`]: gate outputs and hidden vector (`n_ff` each), its quantised copy.
-struct Scratch<'s> {
-    g: &'s mut [f32],
-    h: &'s mut [f32],
-    hq: &'s mut AlignedBytes,
+pub(super) struct Scratch<'s> {
+    pub g: &'s mut [f32],
+    pub h: &'s mut [f32],
+    pub hq: &'s mut AlignedBytes,
 }
 
 /// One (token, expert) row on interleaved matrices: `g`, then `up` for the 8-row groups with an active neuron,
 /// the same ReGLU, and `down` on the hidden vector quantised by `h_q`, as ggml's repacked mul_mat_id graph
 /// computes it. Returns the active neurons.
-fn interleaved_expert(
+pub(super) fn interleaved_expert(
     x8: &Interleaved,
     [gate, up, down]: [&[u8]; 3],
     [xg, xu]: [&[u8]; 2],

@@ -239,6 +239,7 @@ impl MoeSetup {
                 down: DownType::Native,
                 n_threads: b.n_threads,
                 cache: Some(cache),
+                repacked: false,
             },
         )
         .map_err(|e| BudgetError::Sparse(format!("{path}: the expert cache needs the sparse path: {e}")))?;

@@ -87,6 +87,7 @@ pub struct SessionParams {
     pub down_type: DownType,
     /// Batches of more tokens than this take the dense path even when `dense` is false (default 1: decode
     /// sparse, prompts through ggml's expert-grouped mul_mat_id, which keeps llama.cpp's numerics for prompts).
+    /// Repacked experts ignore it: their batched op gives mul_mat_id's results for every batch.
     pub sparse_max_batch: u32,
 }
 
@@ -124,20 +125,31 @@ impl MoeSetup {
         if params.dense {
             return dense("dense (--dense)".to_string());
         }
-        if model.layers.iter().any(|l| !l.experts.gate_exps.is_borrowed()) {
-            // The sparse op reads rows of the file's layout; repacked experts only suit ggml's mul_mat_id.
-            return dense(
-                "dense on repacked experts (ggml's interleaved Q4_0 kernels; --repack dense keeps the sparse op)"
-                    .into(),
-            );
-        }
+        // Repacked experts (the default --repack all on Q4_0) are in ggml's interleaved layout: the op runs its
+        // 8-row kernels on them, for every batch size, with the results of ggml's mul_mat_id.
+        let repacked = model.layers.iter().any(|l| !l.experts.gate_exps.is_borrowed());
         let hp = &model.hp;
         let experts: Vec<_> = model.layers.iter().map(|l| l.experts).collect();
         let sp = SparseParams {
             down: params.down_type,
             n_threads: params.n_threads,
             cache: None,
+            repacked,
         };
+        if repacked {
+            return match SparseMoe::new(&experts, &hp.moe(), hp.n_embd as usize, sp) {
+                Ok(s) => MoeSetup {
+                    sparse: Some(Arc::new(s)),
+                    sparse_max_batch: u32::MAX,
+                    description: "sparse on repacked experts (ggml's 8-row Q4_0 kernels: a GEMV per token \
+                                  and expert, a GEMM over each expert's tokens in a batch)"
+                        .into(),
+                },
+                Err(e) => dense(format!(
+                    "dense on repacked experts (ggml's mul_mat_id; sparse path unavailable: {e})"
+                )),
+            };
+        }
         match SparseMoe::new(&experts, &hp.moe(), hp.n_embd as usize, sp) {
             Ok(s) => {
                 let mib = s.down_bytes() as f64 / (1024.0 * 1024.0);

@@ -88,8 +88,9 @@ pub struct SessionArgs {
     #[arg(long, default_value = "auto", requires = "mem_budget")]
     pub io_backend: IoBackend,
     /// Which Q4_0 matrices move to ggml's repacked (8-row interleaved) layout at load: all (dense matrices and
-    /// experts, as llama.cpp does; the MoE then runs ggml's mul_mat_id), dense (attention, router, output: the
-    /// experts stay mapped for the sparse op) or none. With --mem-budget the experts always stay in the file.
+    /// experts, as llama.cpp does; the sparse op then runs ggml's 8-row GEMV and GEMM on them, or mul_mat_id with
+    /// --dense), dense (attention, router, output: the experts stay mapped, for the sparse op's row dot
+    /// products) or none. With --mem-budget the experts always stay in the file.
     #[arg(long, value_enum, default_value = "all")]
     pub repack: RepackArg,
     /// Same as --repack none (llama.cpp's flag).

@@ -1,0 +1,268 @@
+//! The batched expert op on interleaved Q4_0 experts (ggml's repacked tensors, or the expert cache's interleaved
+//! slots), for batches of more than one token: prompts and the server's multi-sequence decode steps.
+//!
+//! ggml's repacked mul_mat_id runs a GEMV per (token, expert) row, so a prompt reads each expert's weights once
+//! per token routed to it. Here the `k * n_out` (token, slot) rows are sorted by expert, and each expert's rows
+//! go through ggml's GEMM in groups of [`XROWS`] over chunks of [`CHUNK`] weight rows that stay in cache: the
+//! weights are read once per expert and thread. ggml's GEMM gives each row exactly what its GEMV gives
+//! (`q4x8::tests::gemm_rows_equal_gemv`), so the result equals the per-token path bit for bit.
+//!
+//! Destination rows are in sorted order, so each thread takes a contiguous share (ggml's split) and an expert's
+//! rows are mostly one thread's. Groups are aligned to the start of each expert's run on every thread, and the
+//! run's last rows that do not fill a group go through the GEMV, so no row's kernel depends on the split.
+//! [`sorted_sum_op`] weights and sums each token's k rows in slot order.
+
+use std::sync::atomic::Ordering;
+
+use super::expert_cache::ExpertCache;
+use super::sparse_moe::LayerState;
+use super::sparse_native::{interleaved_expert, Interleaved, Scratch};
+use crate::ggml::q4x8::{ROWS, XROWS};
+use crate::ggml::rows::{AlignedBytes, RowQuant};
+use crate::ggml::CustomOpCtx;
+
+/// Interleaved weight rows per GEMM call: 64 rows of a 2560-wide Q4_0 matrix are 90 KiB, which stay in L2
+/// while every activation group of the run passes over them.
+const CHUNK: usize = 64;
+
+/// The (token, slot) pairs `t * k + s` of the `n_out` output tokens, sorted by expert (stable). `ids` holds
+/// `[n_tokens][k]` router choices, `out_ids` maps output tokens to router rows (None: the identity).
+pub(super) fn expert_order(ids: &[i32], out_ids: Option<&[i32]>, n_out: usize, k: usize, n_expert: usize) -> Vec<u32> {
+    let expert = |p: usize| {
+        let (t, s) = (p / k, p % k);
+        let r = out_ids.map_or(t, |o| o[t] as usize);
+        ids[r * k + s] as usize
+    };
+    let mut start = vec![0usize; n_expert + 1];
+    for p in 0..n_out * k {
+        start[expert(p) + 1] += 1;
+    }
+    for e in 0..n_expert {
+        start[e + 1] += start[e];
+    }
+    let mut order = vec![0u32; n_out * k];
+    for p in 0..n_out * k {
+        let e = expert(p);
+        order[start[e]] = p as u32;
+        start[e] += 1;
+    }
+    order
+}
+
+/// Sources: `cur [n_embd, n_out]`, gate and up `[n_embd, n_ff, n_expert]`, down `[n_ff, n_embd, n_expert]`
+/// (interleaved), optional `out_ids [n_out]`. Destination `[n_embd, k * n_out]`: row i = the unweighted output
+/// of pair `expert_order(..)[i]`.
+/// `h_q` quantises the hidden vector of the GEMV tail.
+pub(super) fn batched_expert_op(
+    l: &LayerState,
+    (x8, h_q): (&Interleaved, &RowQuant),
+    cache: Option<&ExpertCache>,
+    op: &CustomOpCtx,
+) {
+    let (n_embd, n_ff, k) = (l.n_embd, l.p.n_ff_exp as usize, l.p.n_expert_used as usize);
+    let n_out = op.src_ne(0)[1] as usize;
+    let out_ids = (op.n_srcs() > 4).then(|| op.src_i32(4));
+    let mut rows: Vec<(usize, &mut [f32])> = op.dst_rows().collect();
+    let Some(&(r0, _)) = rows.first() else {
+        return;
+    };
+    let r1 = r0 + rows.len();
+    let ids = l.ids.read().unwrap_or_else(|p| p.into_inner());
+    let order = expert_order(&ids, out_ids, n_out, k, l.p.n_expert as usize);
+    let expert_of = |i: usize| {
+        let (t, s) = (order[i] as usize / k, order[i] as usize % k);
+        ids[out_ids.map_or(t, |o| o[t] as usize) * k + s] as u32
+    };
+    // This thread's expert runs: (waiting, expert, run start, run end), resident experts first.
+    let mut runs: Vec<(bool, u32, usize, usize)> = Vec::new();
+    let mut a = 0;
+    while a < order.len() {
+        let e = expert_of(a);
+        let mut b = a + 1;
+        while b < order.len() && expert_of(b) == e {
+            b += 1;
+        }
+        if b > r0 && a < r1 {
+            let waiting = cache.is_some_and(|c| !c.is_ready(l.il, e));
+            runs.push((waiting, e, a, b));
+        }
+        a = b;
+    }
+    drop(ids);
+    runs.sort_unstable();
+
+    let mut s = BatchScratch::new(x8, n_embd, n_ff, l.gate_q.len(), l.p.n_expert_used as usize);
+    let (mut active, mut total) = (0u64, 0u64);
+    let token = |i: usize| order[i] as usize / k;
+    for (_, e, a, b) in runs {
+        let e = e as usize;
+        let guard;
+        let [gate, up, down]: [&[u8]; 3] = match cache {
+            Some(c) => match c.get(l.il, e as u32, op.ith() == 0) {
+                Some(g) => {
+                    guard = g;
+                    guard.matrices()
+                }
+                // The read failed: the session reports the error and discards this evaluation.
+                None => {
+                    for (r, y) in rows.iter_mut() {
+                        if (a..b).contains(r) {
+                            y.fill(0.0);
+                        }
+                    }
+                    continue;
+                }
+            },
+            None => {
+                let (g, d) = (x8.gate_up.w_len(n_ff), x8.down.w_len(n_embd));
+                [
+                    &op.src_bytes(1)[e * g..(e + 1) * g],
+                    &op.src_bytes(2)[e * g..(e + 1) * g],
+                    &op.src_bytes(3)[e * d..(e + 1) * d],
+                ]
+            }
+        };
+        let (lo, hi) = (a.max(r0), b.min(r1));
+        let full_end = a + (b - a) / XROWS * XROWS;
+        // Whole groups that hold one of this thread's rows, computed whole.
+        let g0 = a + (lo - a) / XROWS * XROWS;
+        let g1 = full_end.min(a + (hi - a).div_ceil(XROWS) * XROWS);
+        if g0 < g1 {
+            let xs: Vec<&[f32]> = (g0..g1).map(|i| op.src_row(0, token(i))).collect();
+            active += s.gemm_rows(x8, [gate, up, down], &xs);
+            total += ((g1 - g0) * n_ff) as u64;
+            for i in lo.max(g0)..hi.min(g1) {
+                let j = i - g0;
+                rows[i - r0].1.copy_from_slice(&s.y[j * n_embd..(j + 1) * n_embd]);
+            }
+        }
+        // The run's tail (fewer rows than a group): one GEMV per row.
+        for i in lo.max(full_end)..hi {
+            l.gate_q.run(op.src_row(0, token(i)), s.xq.as_mut_slice());
+            let scratch = Scratch {
+                g: &mut s.g[..n_ff],
+                h: &mut s.h[..n_ff],
+                hq: &mut s.hq,
+            };
+            let xq = s.xq.as_slice();
+            active += interleaved_expert(x8, [gate, up, down], [xq, xq], h_q, scratch, rows[i - r0].1);
+            total += n_ff as u64;
+        }
+    }
+    l.shared.active.fetch_add(active, Ordering::Relaxed);
+    l.shared.total.fetch_add(total, Ordering::Relaxed);
+}
+
+/// Per-thread buffers of [`batched_expert_op`], grown to the largest run.
+struct BatchScratch {
+    n_embd: usize,
+    n_ff: usize,
+    /// Gathered activations `[rows][n_embd]`, their groups, gate and up outputs `[rows][n_ff]`, the hidden
+    /// vectors' groups, and the down outputs `[rows][n_embd]`.
+    x: Vec<f32>,
+    x4: Vec<u8>,
+    g: Vec<f32>,
+    h: Vec<f32>,
+    h4: Vec<u8>,
+    y: Vec<f32>,
+    /// One quantised activation row and hidden vector for the GEMV tail.
+    xq: AlignedBytes,
+    hq: AlignedBytes,
+}
+
+impl BatchScratch {
+    fn new(x8: &Interleaved, n_embd: usize, n_ff: usize, x_len: usize, rows: usize) -> BatchScratch {
+        let rows = rows.max(XROWS);
+        BatchScratch {
+            n_embd,
+            n_ff,
+            x: Vec::new(),
+            x4: Vec::new(),
+            g: vec![0.0; rows * n_ff],
+            h: vec![0.0; rows * n_ff],
+            h4: Vec::new(),
+            y: Vec::new(),
+            xq: AlignedBytes::zeroed(x_len),
+            hq: AlignedBytes::zeroed(x8.down.x_len()),
+        }
+    }
+
+    /// One expert on `xs` (a multiple of [`XROWS`] activation rows): `y` gets the unweighted outputs.
+    /// Returns the active neurons.
+    fn gemm_rows(&mut self, x8: &Interleaved, [gate, up, down]: [&[u8]; 3], xs: &[&[f32]]) -> u64 {
+        let (n_embd, n_ff, n) = (self.n_embd, self.n_ff, xs.len());
+        let groups = n / XROWS;
+        self.x.clear();
+        for x in xs {
+            self.x.extend_from_slice(x);
+        }
+        quantize_groups(&x8.gate_up, &self.x, groups, &mut self.x4);
+        self.g.resize(n * n_ff, 0.0);
+        self.h.resize(n * n_ff, 0.0);
+        let gu_group = x8.gate_up.w_len(ROWS);
+        for c in (0..n_ff).step_by(CHUNK) {
+            let m = CHUNK.min(n_ff - c);
+            let w = c / ROWS * gu_group..(c + m) / ROWS * gu_group;
+            x8.gate_up.gemm(&gate[w.clone()], &self.x4, m, &mut self.g[c..], n_ff);
+            x8.gate_up.gemm(&up[w], &self.x4, m, &mut self.h[c..], n_ff);
+        }
+        let mut active = 0;
+        for (hj, &gj) in self.h.iter_mut().zip(&self.g) {
+            *hj = if gj > 0.0 {
+                active += 1;
+                gj * *hj
+            } else {
+                0.0
+            };
+        }
+        quantize_groups(&x8.down, &self.h, groups, &mut self.h4);
+        self.y.resize(n * n_embd, 0.0);
+        let d_group = x8.down.w_len(ROWS);
+        for c in (0..n_embd).step_by(CHUNK) {
+            let m = CHUNK.min(n_embd - c);
+            let w = &down[c / ROWS * d_group..(c + m) / ROWS * d_group];
+            x8.down.gemm(w, &self.h4, m, &mut self.y[c..], n_embd);
+        }
+        active
+    }
+}
+
+/// `x` (`groups * XROWS` rows) into `out` as the GEMM's activation groups.
+fn quantize_groups(q: &crate::ggml::q4x8::Gemv, x: &[f32], groups: usize, out: &mut Vec<u8>) {
+    let one = q.x4_len(1);
+    out.resize(groups * one, 0);
+    let n = x.len() / (groups * XROWS).max(1);
+    for (g, o) in out.chunks_exact_mut(one).enumerate() {
+        q.quantize_x4(&x[g * XROWS * n..(g + 1) * XROWS * n], o);
+    }
+}
+
+/// Sources: `y [n_embd, k * n_out]` from [`batched_expert_op`] (sorted rows), `weights [k, n_tokens]`, optional
+/// `out_ids [n_out]`. Destination `[n_embd, n_out]`: each token's k rows weighted and summed in slot order, as
+/// `sparse_native::weighted_sum_op` sums them.
+pub(super) fn sorted_sum_op(l: &LayerState, op: &CustomOpCtx) {
+    let k = l.p.n_expert_used as usize;
+    let y = op.src(0);
+    let w = op.src(1);
+    let n_embd = op.src_ne(0)[0] as usize;
+    let n_out = op.dst_ne()[1] as usize;
+    let out_ids = (op.n_srcs() > 2).then(|| op.src_i32(2));
+    let ids = l.ids.read().unwrap_or_else(|p| p.into_inner());
+    let order = expert_order(&ids, out_ids, n_out, k, l.p.n_expert as usize);
+    drop(ids);
+    let mut pos = vec![0usize; order.len()];
+    for (i, &p) in order.iter().enumerate() {
+        pos[p as usize] = i;
+    }
+    for (t, out) in op.dst_rows() {
+        let r = out_ids.map_or(t, |o| o[t] as usize);
+        out.fill(0.0);
+        for s in 0..k {
+            let ws = w[r * k + s];
+            let i = pos[t * k + s];
+            for (o, &v) in out.iter_mut().zip(&y[i * n_embd..(i + 1) * n_embd]) {
+                *o += ws * v;
+            }
+        }
+    }
+}
