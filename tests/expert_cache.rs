@@ -53,6 +53,7 @@ fn budget_with(bytes: u64, policy: CachePolicy, io_backend: IoBackend) -> Budget
         // Tests run concurrently: the process's resident set moves under them.
         assume_resident: Some(64 << 20),
         interleave: false,
+        lookahead: 0,
     }
 }
 
@@ -60,12 +61,16 @@ fn budget_with(bytes: u64, policy: CachePolicy, io_backend: IoBackend) -> Budget
 struct Out {
     logits: Vec<f32>,
     loads: Option<u64>,
+    /// Loads that lookahead hints issued.
+    hinted: u64,
 }
 
 enum Mode {
     Params(SessionParams),
     /// A cache of one layer's experts plus this many slots, read with this backend.
     Budget(usize, CachePolicy, IoBackend),
+    /// The same with lookahead hints this many layers ahead.
+    Lookahead(usize, CachePolicy, IoBackend, u32),
 }
 
 /// A prompt of 11 tokens in batches of 8 (all rows), then 6 decode steps.
@@ -87,17 +92,25 @@ fn run(path: &Path, mode: Mode) -> Out {
         down_type: DownType::Native,
         ..Default::default()
     };
+    let mode = match mode {
+        Mode::Budget(extra, policy, io) => Mode::Lookahead(extra, policy, io, 0),
+        m => m,
+    };
     let mut s = match mode {
         Mode::Params(p) => Session::new(&model, kv, p).unwrap(),
-        Mode::Budget(extra, policy, io) => {
+        Mode::Budget(..) => unreachable!("mapped to Lookahead above"),
+        Mode::Lookahead(extra, policy, io, lookahead) => {
             // Size the budget from the report of a roomy one: fixed parts + (n_expert + extra) slots.
             let (_, r) = MoeSetup::with_budget(&model, kv.allocated_bytes(), &budget(64 << 30, policy)).unwrap();
             let n = model.hp.n_expert as u64 + extra as u64;
             // with_budget keeps a margin of bytes/32 + 16 MiB; half a slot of slack for the resident set moving.
             let need = r.resident + r.kv + r.compute + (16 << 20) + n * r.slot + r.slot / 4;
             let bytes = (need as f64 * 32.0 / 31.0).ceil() as u64;
-            let (moe, r2) =
-                MoeSetup::with_budget(&model, kv.allocated_bytes(), &budget_with(bytes, policy, io)).unwrap();
+            let b = BudgetParams {
+                lookahead,
+                ..budget_with(bytes, policy, io)
+            };
+            let (moe, r2) = MoeSetup::with_budget(&model, kv.allocated_bytes(), &b).unwrap();
             assert_eq!(r2.io_backend, io);
             assert!(
                 r2.n_slots >= model.hp.n_expert as usize && r2.n_slots < r2.n_experts_total,
@@ -114,7 +127,8 @@ fn run(path: &Path, mode: Mode) -> Out {
         logits.extend(s.eval(&[*t], Rows::Last).unwrap());
     }
     let loads = s.cache_stats().map(|c| c.loads);
-    Out { logits, loads }
+    let hinted = s.cache_stats().map_or(0, |c| c.loads_hinted);
+    Out { logits, loads, hinted }
 }
 
 fn native() -> Mode {
@@ -167,6 +181,33 @@ fn budgeted_logits_equal_unbudgeted_native_logits() {
                 path.display(),
                 hp.n_layer * hp.n_expert
             );
+        }
+    }
+}
+
+/// Lookahead hints (later layers' routers on the current input) start reads early: they never change the
+/// logits, and on these models, whose later routers agree often enough, some loads are theirs.
+#[test]
+fn lookahead_hints_read_ahead_without_changing_the_logits() {
+    for path in [PathBuf::from(TINY), fixtures::manifest("st4b").gguf("q4_0")] {
+        let want = run(&path, native());
+        for policy in [CachePolicy::Lru, CachePolicy::Frequency] {
+            let got = run(&path, Mode::Lookahead(2, policy, IoBackend::Pread, 2));
+            let same = got.logits.len() == want.logits.len()
+                && got
+                    .logits
+                    .iter()
+                    .zip(&want.logits)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{}: {policy:?}: logits differ with lookahead (nmse {:e})",
+                path.display(),
+                nmse(&got.logits, &want.logits)
+            );
+            assert!(got.hinted > 0, "{}: {policy:?}: no hinted loads", path.display());
+            let no_hints = run(&path, Mode::Budget(2, policy, IoBackend::Pread));
+            assert_eq!(no_hints.hinted, 0, "{}: hints without lookahead", path.display());
         }
     }
 }

@@ -101,6 +101,7 @@ fn budget_params(bytes: u64, interleave: bool) -> BudgetParams {
         // Tests run concurrently: the process's resident set moves under them.
         assume_resident: Some(64 << 20),
         interleave,
+        lookahead: 0,
     }
 }
 

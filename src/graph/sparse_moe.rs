@@ -109,6 +109,7 @@ pub struct SparseMoe {
     layers: Vec<Arc<LayerState>>,
     shared: Arc<Shared>,
     down_ty: GgmlType,
+    lookahead: u32,
 }
 
 /// How the sparse op reads `down`.
@@ -138,7 +139,12 @@ pub struct SparseParams {
     /// The expert tensors are ggml's repacked (interleaved) Q4_0 ones: the op runs ggml's 8-row kernels on them
     /// (requires [`DownType::Native`]; with a cache, the cache says whether its slots are interleaved).
     pub repacked: bool,
+    /// With a cache: how many layers ahead the lookahead routers hint (0: none; see [`SparseMoe::lookahead`]).
+    pub lookahead: u32,
 }
+
+/// Batches of more tokens than this get no lookahead hints (a prompt needs most experts anyway).
+pub const LOOKAHEAD_MAX_TOKENS: i64 = 8;
 
 impl SparseMoe {
     /// Builds the neuron-major down copy of every layer (dequantise, transpose, requantise; `n_threads` threads).
@@ -149,6 +155,7 @@ impl SparseMoe {
         sp: SparseParams,
     ) -> Result<SparseMoe, SparseMoeError> {
         let (down, n_threads) = (sp.down, sp.n_threads);
+        let lookahead = if sp.cache.is_some() { sp.lookahead } else { 0 };
         let down = match (down, &sp.cache) {
             (_, Some(_)) | (DownType::Auto, None) => DownType::Native,
             _ if sp.repacked => DownType::Native,
@@ -256,6 +263,7 @@ impl SparseMoe {
             layers: states,
             shared,
             down_ty,
+            lookahead,
         })
     }
 
@@ -314,6 +322,50 @@ impl SparseMoe {
             .format_name("ffn_moe_weights_norm", il as i32);
         gf.build_forward_expand(w);
         w
+    }
+
+    /// Lookahead for the expert cache: on layer `il`'s input `inp [n_embd, n_tokens]`, the routers (`routers`, one
+    /// per layer) of the layers `lookahead` ahead (from layer 0: all of 1..=lookahead) give those layers' likely
+    /// experts, which go to the cache as hints, so their reads start before their own routers run. Nothing without
+    /// a cache, with lookahead 0, or on batches of more than [`LOOKAHEAD_MAX_TOKENS`] tokens.
+    pub fn lookahead<'a>(
+        &self,
+        ctx: &'a Context,
+        gf: &mut Graph<'a>,
+        inp: Tensor<'a>,
+        routers: &[Tensor<'a>],
+        il: u32,
+    ) {
+        let (Some(cache), d) = (self.shared.cache.clone(), self.lookahead) else {
+            return;
+        };
+        if d == 0 || inp.ne()[1] > LOOKAHEAD_MAX_TOKENS {
+            return;
+        }
+        let first = if il == 0 { 1 } else { il + d };
+        let targets: Vec<u32> = (first..=il + d).filter(|&j| (j as usize) < routers.len()).collect();
+        if targets.is_empty() {
+            return;
+        }
+        let logits: Vec<Tensor<'a>> = targets
+            .iter()
+            .map(|&j| {
+                ctx.mul_mat(routers[j as usize], inp)
+                    .format_name("ffn_moe_ahead_logits", j as i32)
+            })
+            .collect(); // [n_expert, n_tokens] each
+        let k = self.layers[0].p.n_expert_used as usize;
+        let hint = ctx
+            .custom_4d_single("ffn_moe_lookahead", [1, 1, 1, 1], &logits, move |op| {
+                for (i, &j) in targets.iter().enumerate() {
+                    cache.hint(j, &top_k_ids(op.src(i), op.src_ne(i)[0] as usize, k));
+                }
+                for (_, d) in op.dst_rows_all() {
+                    d.fill(0.0);
+                }
+            })
+            .format_name("ffn_moe_lookahead", il as i32);
+        gf.build_forward_expand(hint);
     }
 
     /// The experts of layer `il`: `cur [n_embd, n_out]` (ffn_norm output), `weights` from [`route`](Self::route)
@@ -382,6 +434,17 @@ impl SparseMoe {
         ctx.custom_4d("ffn_moe_sum", [n_embd, n_out, 1, 1], &[parts], reduce_op)
             .format_name("ffn_moe_out", il as i32) // [n_embd, n_out]
     }
+}
+
+/// The `k` highest of each row of `n` logits (the gating is monotonic, so these are the top-k probabilities).
+fn top_k_ids(logits: &[f32], n: usize, k: usize) -> Vec<i32> {
+    let mut ids = Vec::with_capacity(logits.len() / n.max(1) * k);
+    let mut order: Vec<usize> = (0..n).collect();
+    for row in logits.chunks_exact(n) {
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        ids.extend(order[..k.min(n)].iter().map(|&e| e as i32));
+    }
+    ids
 }
 
 /// `[n_ff, n_embd, n_expert]` of `src` (llama.cpp's layout) -> `[n_embd, n_ff, n_expert]` rows of `ty`.

@@ -45,6 +45,9 @@ pub struct BudgetParams {
     /// Interleave each expert slot once read, where all three matrices are Q4_0 that ggml would repack: the
     /// capped experts then run the kernels, and give the logits, of the uncapped `--repack all` path.
     pub interleave: bool,
+    /// Layers ahead that lookahead routers hint the cache (`SparseMoe::lookahead`; 0: only the layer's own
+    /// router issues reads).
+    pub lookahead: u32,
 }
 
 /// Why a budgeted setup could not be made.
@@ -240,6 +243,7 @@ impl MoeSetup {
                 n_threads: b.n_threads,
                 cache: Some(cache),
                 repacked: false,
+                lookahead: b.lookahead,
             },
         )
         .map_err(|e| BudgetError::Sparse(format!("{path}: the expert cache needs the sparse path: {e}")))?;

@@ -135,6 +135,7 @@ impl MoeSetup {
             n_threads: params.n_threads,
             cache: None,
             repacked,
+            lookahead: 0,
         };
         if repacked {
             return match SparseMoe::new(&experts, &hp.moe(), hp.n_embd as usize, sp) {

@@ -67,6 +67,7 @@ pub fn build<'a>(
     let eps = hp.rms_norm_eps;
     let mut inp_l = ctx.get_rows(m.tok_embd, inp.tokens).format_name("inp_embd", -1); // [n_embd, n_tokens]
 
+    let routers: Vec<Tensor<'a>> = m.layers.iter().map(|l| l.ffn_gate_inp).collect();
     for (il, l) in (0u32..).zip(&m.layers) {
         let ilc = il as i32; // llama.cpp's name suffix
         let mut inp_sa = inp_l;
@@ -76,6 +77,10 @@ pub fn build<'a>(
         let mut router_logits = ctx.mul_mat(l.ffn_gate_inp, inp_l).format_name("ffn_moe_logits", ilc);
         // Sparse path: gating and top-k here, before attention, publishing the expert ids (graph::sparse_moe).
         let route = sparse.map(|s| s.route(ctx, gf, router_logits, il)); // [k, n_tokens]
+                                                                         // With an expert cache: later layers' routers on this input start their experts' reads early.
+        if let Some(s) = sparse {
+            s.lookahead(ctx, gf, inp_l, &routers, il);
+        }
 
         let cur = rms_norm_w(ctx, inp_l, l.attn_norm, eps).format_name("attn_norm", ilc);
         let seqs: Vec<SeqAttn<'a>> = inp

@@ -87,6 +87,11 @@ pub struct SessionArgs {
     /// where it does not), or pread (a thread pool).
     #[arg(long, default_value = "auto", requires = "mem_budget")]
     pub io_backend: IoBackend,
+    /// With --mem-budget: start the reads of the experts a layer this many layers ahead will likely choose (its
+    /// router on the current layer's input), not only those of the current layer during its attention. 0: off.
+    /// Default 2: on the trained tiny model 71% of the experts a layer chooses are predicted 2 layers ahead.
+    #[arg(long, default_value_t = 2, requires = "mem_budget")]
+    pub lookahead: u32,
     /// Which Q4_0 matrices move to ggml's repacked (8-row interleaved) layout at load: all (dense matrices and
     /// experts, as llama.cpp does; the sparse op then runs ggml's 8-row GEMV and GEMM on them, or mul_mat_id with
     /// --dense), dense (attention, router, output: the experts stay mapped, for the sparse op's row dot
@@ -323,6 +328,7 @@ pub fn session<'a>(
                 pinned,
                 assume_resident: None,
                 interleave: !args.no_repack && args.repack == RepackArg::All,
+                lookahead: args.lookahead,
             };
             let (moe, _) = MoeSetup::with_budget(model, kv.allocated_bytes(), &b)?;
             Session::with_moe(model, kv, params, moe)?

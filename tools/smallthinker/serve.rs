@@ -63,6 +63,9 @@ pub struct ServeArgs {
     /// How --mem-budget reads experts: auto (io_uring where the kernel allows it, else pread), uring or pread.
     #[arg(long, default_value = "auto", requires = "mem_budget")]
     io_backend: IoBackend,
+    /// With --mem-budget: hint the reads of the experts this many layers ahead (0: off; see `run --help`).
+    #[arg(long, default_value_t = 2, requires = "mem_budget")]
+    lookahead: u32,
     /// Keep every matrix in the file's layout instead of ggml's repacked one.
     #[arg(long)]
     no_repack: bool,
@@ -102,6 +105,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
                 pinned: Vec::new(),
                 assume_resident: None,
                 interleave: !args.no_repack,
+                lookahead: args.lookahead,
             }),
         },
         host: args.host.clone(),

@@ -21,6 +21,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+mod hint;
+
 use super::expert_io::{ExpertFile, ExpertReadError, Extent, IoBackend, ALIGN};
 use crate::ggml::q4x8;
 use crate::ggml::rows::AlignedBytes;
@@ -68,6 +70,9 @@ pub struct CacheStats {
     pub loads_prefetched: u64,
     /// Loads already complete when the expert op first asked for them.
     pub loads_ready_on_use: u64,
+    /// Of the loads, those a lookahead hint issued (a later layer's router on an earlier layer's input), used or
+    /// not.
+    pub loads_hinted: u64,
     pub bytes_read: u64,
     /// Time the expert op's first thread spent waiting for reads.
     pub wait_ns: u64,
@@ -95,6 +100,7 @@ impl CacheStats {
             loads: self.loads - b.loads,
             loads_prefetched: self.loads_prefetched - b.loads_prefetched,
             loads_ready_on_use: self.loads_ready_on_use - b.loads_ready_on_use,
+            loads_hinted: self.loads_hinted - b.loads_hinted,
             bytes_read: self.bytes_read - b.bytes_read,
             wait_ns: self.wait_ns - b.wait_ns,
         }
@@ -158,6 +164,8 @@ struct Meta {
     pinned: bool,
     /// Pre-warmed from a profile: never evicted.
     permanent: bool,
+    /// Loaded on a lookahead hint and its layer not routed since: evicted only when nothing else can be.
+    hinted: bool,
     /// The first `get` after the load has been counted.
     used: bool,
 }
@@ -169,6 +177,8 @@ struct Inner {
     tick: u64,
     freq: Vec<f32>,
     pinned: Vec<usize>,
+    /// Slots with `hinted` set.
+    hinted: Vec<usize>,
     stats: CacheStats,
     error: Option<ExpertReadError>,
 }
@@ -271,6 +281,7 @@ impl ExpertCache {
                         last_use: 0,
                         pinned: false,
                         permanent: false,
+                        hinted: false,
                         used: true,
                     };
                     p.n_slots
@@ -282,6 +293,7 @@ impl ExpertCache {
                     .filter(|f| f.len() == n_keys)
                     .unwrap_or_else(|| vec![0.0; n_keys]),
                 pinned: Vec::new(),
+                hinted: Vec::new(),
                 stats: CacheStats::default(),
                 error: None,
             }),
@@ -366,6 +378,7 @@ impl CacheCore {
         for s in std::mem::take(&mut g.pinned) {
             g.meta[s].pinned = false;
         }
+        self.end_hints(&mut g, il as usize);
         self.decay(&mut g, il as usize);
         for &key in &want {
             g.tick += 1;
@@ -407,11 +420,21 @@ impl CacheCore {
         prefetched: bool,
     ) -> (usize, MutexGuard<'g, Inner>) {
         let slot = loop {
-            if let Some(s) = self.victim(&g) {
+            if let Some(s) = self.victim(&g, false).or_else(|| self.victim(&g, true)) {
                 break s;
             }
             g = self.ready.wait(g).unwrap_or_else(|p| p.into_inner());
         };
+        self.load_into(&mut g, slot, key, prefetched);
+        (slot, g)
+    }
+
+    /// Gives `slot` (a victim) to `key` and queues the read.
+    fn load_into(&self, g: &mut Inner, slot: usize, key: usize, prefetched: bool) {
+        if g.meta[slot].hinted {
+            g.meta[slot].hinted = false;
+            g.hinted.retain(|&s| s != slot);
+        }
         if let Some(old) = g.meta[slot].key {
             g.slot_of[old] = None;
         }
@@ -431,11 +454,13 @@ impl CacheCore {
         if let Some(w) = &self.wake {
             w.wake();
         }
-        (slot, g)
     }
 
-    fn victim(&self, g: &Inner) -> Option<usize> {
-        let free = |m: &Meta| !m.pinned && !m.permanent && !matches!(m.state, State::Loading { .. });
+    /// The slot to evict: never a pinned, permanent or loading one, and a hinted one only `with_hinted`.
+    fn victim(&self, g: &Inner, with_hinted: bool) -> Option<usize> {
+        let free = |m: &Meta| {
+            !m.pinned && !m.permanent && (with_hinted || !m.hinted) && !matches!(m.state, State::Loading { .. })
+        };
         let cands = g.meta.iter().enumerate().filter(|(_, m)| free(m));
         if let Some((s, _)) = g.meta.iter().enumerate().find(|(_, m)| free(m) && m.key.is_none()) {
             return Some(s);
