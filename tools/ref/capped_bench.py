@@ -82,6 +82,9 @@ def run_capped(cmd, cap, timeout=None):
                  f"{g['major_faults']} major faults, last: {reached}")
         if p.returncode == 0 and out is not None:
             status = "ok"
+            # Evidence of memory pressure: faults back in from disk, and how often the group hit its limit.
+            out["major_faults"] = g["major_faults"]
+            out["limit_hits"] = g["limit_hits"]
         elif timed_out:
             status = f"thrashing: no result in {timeout} s, killed ({facts})"
         elif g["oom_kills"] > 0:
@@ -151,7 +154,7 @@ def main():
         if out:
             row.update({k: out.get(k) for k in ["prefill_tps", "decode_tps", "peak_rss_mb", "cache_hit_rate",
                                                 "cache_read_mb_per_token", "io_wait_ms_per_token",
-                                                "prefetch_coverage", "prefetch_hidden"]})
+                                                "prefetch_coverage", "prefetch_hidden", "major_faults", "limit_hits"]})
             if base and out is not base:
                 row["decode_vs_uncapped"] = out["decode_tps"] / base["decode_tps"]
         if a.json:

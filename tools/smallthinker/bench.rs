@@ -215,6 +215,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             "io_wait_ms_per_token": cache.map(|c| c.wait_ns as f64 / 1e6 / f64::from(a.gen.max(1))),
             "prefetch_coverage": cache.map(|c| c.prefetch_coverage()),
             "prefetch_hidden": cache.map(|c| c.hidden_rate()),
+            "lookahead_loads_per_token": cache.map(|c| c.loads_hinted as f64 / f64::from(a.gen.max(1))),
         });
         println!("{line}");
     } else {

@@ -87,14 +87,16 @@ fn token_stats(session: &Session<'_>, (cache0, moe0): (Option<CacheStats>, MoeSt
     if let (Some(c), Some(c0)) = (session.cache_stats(), cache0) {
         let d = c.minus(&c0);
         line += &format!(
-            ", cache hits {}/{} ({:.1}%), read {:.2} MiB, I/O wait {:.2} ms, prefetched {:.0}%, arrived in time {:.0}%",
+            ", cache hits {}/{} ({:.1}%), read {:.2} MiB, I/O wait {:.2} ms, prefetched {:.0}%, arrived in time {:.0}%, \
+             lookahead loads {}",
             d.hits,
             d.lookups,
             100.0 * d.hit_rate(),
             d.bytes_read as f64 / (1 << 20) as f64,
             d.wait_ns as f64 / 1e6,
             100.0 * d.prefetch_coverage(),
-            100.0 * d.hidden_rate()
+            100.0 * d.hidden_rate(),
+            d.loads_hinted
         );
     }
     line
