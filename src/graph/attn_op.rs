@@ -7,7 +7,7 @@
 //! per cell), so V is never transposed. Work items are (query token, KV head) groups of query heads: the heads
 //! sharing a KV head (GQA) score each K row and accumulate each V row together, so each is converted once.
 
-use crate::ggml::simd::{attn_accumulate, attn_scores, f16_to_f32};
+use crate::ggml::simd::{attn_accumulate, attn_scores, exp_shifted_sum, f16_to_f32};
 use crate::ggml::{Context, CustomOpCtx, Tensor};
 use crate::gguf::GgmlType;
 
@@ -221,12 +221,7 @@ fn attend(
                 acc[j * hd..(j + 1) * hd].iter_mut().for_each(|a| *a *= rescale);
             }
             m[j] = m_new;
-            let mut sum = 0.0;
-            for x in sj.iter_mut() {
-                *x = (*x - m_new).exp();
-                sum += *x;
-            }
-            l[j] += sum;
+            l[j] += exp_shifted_sum(sj, m_new);
         }
         for (&c, row) in sc.cells.iter().zip(vt.chunks_exact_mut(hd)) {
             v.load(c * it.row_len + it.off, row);
