@@ -67,10 +67,27 @@ struct Out {
 
 enum Mode {
     Params(SessionParams),
-    /// A cache of one layer's experts plus this many slots, read with this backend.
-    Budget(usize, CachePolicy, IoBackend),
-    /// The same with lookahead hints this many layers ahead.
-    Lookahead(usize, CachePolicy, IoBackend, u32),
+    /// A cache of one layer's experts plus `extra` slots, read with `io`, hinted `lookahead` layers ahead (0: off).
+    Budget {
+        extra: usize,
+        policy: CachePolicy,
+        io: IoBackend,
+        lookahead: u32,
+    },
+}
+
+fn budget_mode(extra: usize, policy: CachePolicy, io: IoBackend) -> Mode {
+    Mode::Budget {
+        extra,
+        policy,
+        io,
+        lookahead: 0,
+    }
+}
+
+/// Equal bit for bit, and of the same length.
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
 /// A prompt of 11 tokens in batches of 8 (all rows), then 6 decode steps.
@@ -92,14 +109,14 @@ fn run(path: &Path, mode: Mode) -> Out {
         down_type: DownType::Native,
         ..Default::default()
     };
-    let mode = match mode {
-        Mode::Budget(extra, policy, io) => Mode::Lookahead(extra, policy, io, 0),
-        m => m,
-    };
     let mut s = match mode {
         Mode::Params(p) => Session::new(&model, kv, p).unwrap(),
-        Mode::Budget(..) => unreachable!("mapped to Lookahead above"),
-        Mode::Lookahead(extra, policy, io, lookahead) => {
+        Mode::Budget {
+            extra,
+            policy,
+            io,
+            lookahead,
+        } => {
             // Size the budget from the report of a roomy one: fixed parts + (n_expert + extra) slots.
             let (_, r) = MoeSetup::with_budget(&model, kv.allocated_bytes(), &budget(64 << 30, policy)).unwrap();
             let n = model.hp.n_expert as u64 + extra as u64;
@@ -158,15 +175,9 @@ fn budgeted_logits_equal_unbudgeted_native_logits() {
             .into_iter()
             .flat_map(|io| [CachePolicy::Lru, CachePolicy::Frequency].map(|p| (p, io)));
         for (policy, io) in cases {
-            let got = run(&path, Mode::Budget(2, policy, io));
-            assert_eq!(got.logits.len(), want.logits.len());
-            let same = got
-                .logits
-                .iter()
-                .zip(&want.logits)
-                .all(|(a, b)| a.to_bits() == b.to_bits());
+            let got = run(&path, budget_mode(2, policy, io));
             assert!(
-                same,
+                same_bits(&got.logits, &want.logits),
                 "{}: {policy:?}, {io:?}: logits differ (nmse {:e})",
                 path.display(),
                 nmse(&got.logits, &want.logits)
@@ -192,21 +203,21 @@ fn lookahead_hints_read_ahead_without_changing_the_logits() {
     for path in [PathBuf::from(TINY), fixtures::manifest("st4b").gguf("q4_0")] {
         let want = run(&path, native());
         for policy in [CachePolicy::Lru, CachePolicy::Frequency] {
-            let got = run(&path, Mode::Lookahead(2, policy, IoBackend::Pread, 2));
-            let same = got.logits.len() == want.logits.len()
-                && got
-                    .logits
-                    .iter()
-                    .zip(&want.logits)
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
+            let hinted = Mode::Budget {
+                extra: 2,
+                policy,
+                io: IoBackend::Pread,
+                lookahead: 2,
+            };
+            let got = run(&path, hinted);
             assert!(
-                same,
+                same_bits(&got.logits, &want.logits),
                 "{}: {policy:?}: logits differ with lookahead (nmse {:e})",
                 path.display(),
                 nmse(&got.logits, &want.logits)
             );
             assert!(got.hinted > 0, "{}: {policy:?}: no hinted loads", path.display());
-            let no_hints = run(&path, Mode::Budget(2, policy, IoBackend::Pread));
+            let no_hints = run(&path, budget_mode(2, policy, IoBackend::Pread));
             assert_eq!(no_hints.hinted, 0, "{}: hints without lookahead", path.display());
         }
     }
@@ -225,13 +236,12 @@ fn native_layout_equals_the_dense_path() {
             }),
         );
         let got = run(&path, native());
-        let same = got
-            .logits
-            .iter()
-            .zip(&dense.logits)
-            .all(|(a, b)| a.to_bits() == b.to_bits());
         let e = nmse(&got.logits, &dense.logits);
-        assert!(same, "{}: native vs dense differ, nmse {e:e}", path.display());
+        assert!(
+            same_bits(&got.logits, &dense.logits),
+            "{}: native vs dense differ, nmse {e:e}",
+            path.display()
+        );
     }
 }
 
