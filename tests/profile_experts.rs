@@ -250,6 +250,7 @@ fn skewed_synthetic_model_routes_to_its_hot_experts() {
         vocab_gguf: Path::new(env!("CARGO_MANIFEST_DIR")).join("vendor/qwen2-vocab/ggml-vocab-qwen2.gguf"),
         routing_skew: 0.25,
         token_routing: false,
+        gate_shift: 0.0,
     };
     let (source, _) = synth_meta(&dir.path().join("m"), &p).unwrap();
     let gguf = dir.path().join("m.gguf");

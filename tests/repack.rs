@@ -29,6 +29,7 @@ fn model(dir: &Path, out_type: OutType) -> std::path::PathBuf {
         vocab_gguf: concat!(env!("CARGO_MANIFEST_DIR"), "/vendor/qwen2-vocab/ggml-vocab-qwen2.gguf").into(),
         routing_skew: 0.0,
         token_routing: false,
+        gate_shift: 0.0,
     };
     synth(&dir.join("ckpt"), &p).unwrap();
     let out = dir.join("m.gguf");

@@ -8,6 +8,8 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 use smallthinker::convert::{convert, convert_from, ConvertParams, OutType};
+use smallthinker::gguf::GgufFile;
+use smallthinker::model::{KvCache, KvParams, KvType, Model, Rows, Session, SessionParams};
 use smallthinker::synth::skew::{hot_experts, RouteDims, EMBED_BIAS};
 use smallthinker::synth::{synth, synth_meta, Shape, SynthDtype, SynthParams};
 
@@ -25,6 +27,7 @@ fn params(dtype: SynthDtype, shards: Option<usize>, skew: f32, config: Value) ->
         vocab_gguf: convert_util::vocab_gguf(),
         routing_skew: skew,
         token_routing: false,
+        gate_shift: 0.0,
     }
 }
 
@@ -175,6 +178,85 @@ fn skew_edits_only_the_routing_parts() {
     assert_eq!(hs.len(), hu.len());
 }
 
+/// Share of active expert neurons over a few tokens on the sparse path, for the checkpoint in `dir`.
+fn active_frac(dir: &Path) -> f64 {
+    let out = dir.with_extension("gguf");
+    let cp = ConvertParams {
+        input: dir.to_path_buf(),
+        output: out.clone(),
+        out_type: OutType::F32,
+        n_threads: 1,
+    };
+    convert(&cp, &mut |_| {}).unwrap();
+    let file = GgufFile::open(&out).unwrap();
+    let wctx = Model::context(&file).unwrap();
+    let model = Model::load(&wctx, &file).unwrap();
+    let kctx = KvCache::context(&model.hp).unwrap();
+    let kv = KvParams {
+        n_ctx: 32,
+        n_batch: 32,
+        ty: KvType::F32,
+    };
+    let p = SessionParams {
+        sparse_max_batch: u32::MAX,
+        ..Default::default()
+    };
+    let mut s = Session::new(&model, KvCache::new(&kctx, &model.hp, kv).unwrap(), p).unwrap();
+    s.eval(&(100..116).collect::<Vec<u32>>(), Rows::Last).unwrap();
+    s.moe_stats().active_frac()
+}
+
+/// The gate shift: every expert gate row reads the bias block with the same negative weight, nothing else
+/// changes (against token routing, whose reserved dims it shares), and far fewer neurons are active.
+#[test]
+fn gate_shift_edits_only_the_gate_bias_columns_and_sparsifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = 128u64;
+    let cfg = json!({"hidden_size": h});
+    let (shifted, base) = (dir.path().join("g"), dir.path().join("b"));
+    let mut p = params(SynthDtype::F32, None, 0.0, cfg);
+    p.gate_shift = 0.5;
+    synth(&shifted, &p).unwrap();
+    p.gate_shift = 0.0;
+    p.token_routing = true;
+    synth(&base, &p).unwrap();
+    let (hs, ds) = convert_util::read_st(&shifted.join("model.safetensors"));
+    let (hb, db) = convert_util::read_st(&base.join("model.safetensors"));
+    assert_eq!(hs, hb, "same tensors at the same offsets");
+    let dims = RouteDims::of(h).unwrap();
+    let w = dims.gate_bias_weight(0.5);
+    assert!((w * 32.0 * EMBED_BIAS + 0.5).abs() < 1e-6, "{w}");
+    let (mut gates, mut edited) = (0, 0);
+    for (name, v) in &hs {
+        let Some(o) = v.get("data_offsets") else { continue };
+        let (a, b) = (o[0].as_u64().unwrap() as usize, o[1].as_u64().unwrap() as usize);
+        let f = |d: &[u8]| -> Vec<f32> {
+            d[a..b]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect()
+        };
+        let (s, u) = (f(&ds), f(&db));
+        if !name.ends_with(".gate.weight") {
+            assert!(s == u, "{name} changed");
+            continue;
+        }
+        gates += 1;
+        for (i, (x, y)) in s.iter().zip(&u).enumerate() {
+            let col = i as u64 % h;
+            let want = if dims.bias.contains(&col) { w } else { *y };
+            edited += usize::from(*x != *y);
+            assert_eq!(*x, want, "{name} col {col}");
+        }
+    }
+    // Tiny shape: 4 layers of 4 experts; 32 bias columns in each of the 64 rows of a gate.
+    assert_eq!(gates, 16);
+    assert_eq!(edited, gates * 64 * 32);
+    let (fs, fb) = (active_frac(&shifted), active_frac(&base));
+    assert!((0.35..0.65).contains(&fb), "unshifted active fraction {fb}");
+    assert!(fs < 0.25, "shifted active fraction {fs} (unshifted {fb})");
+}
+
 #[test]
 fn bad_skew_is_refused_before_anything_is_written() {
     let dir = tempfile::tempdir().unwrap();
@@ -185,5 +267,11 @@ fn bad_skew_is_refused_before_anything_is_written() {
     // The tiny shape's hidden size (64) leaves no room for the router's reserved dims.
     let err = synth(&out, &params(SynthDtype::Bf16, None, 0.25, json!({}))).unwrap_err();
     assert!(err.to_string().contains("hidden_size"), "{err}");
+    let mut p = params(SynthDtype::Bf16, None, 0.0, json!({"hidden_size": 128}));
+    for bad in [-0.5, f32::NAN] {
+        p.gate_shift = bad;
+        let err = synth(&out, &p).unwrap_err();
+        assert!(err.to_string().contains("--gate-shift"), "{err}");
+    }
     assert!(!out.exists());
 }

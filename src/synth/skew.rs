@@ -65,6 +65,12 @@ impl RouteDims {
         let sigma = 0.02 * 0.02 * ((self.route.end - self.route.start) as f32).sqrt();
         HOT_BIAS * sigma / (BIAS_DIMS as f32 * EMBED_BIAS)
     }
+
+    /// Weight of each bias dim in an expert gate row for a gate shift: the 32 dims together lower the gate's
+    /// pre-activation by `shift` where the residual's rms is 1 (the normed bias block is `EMBED_BIAS / rms`).
+    pub fn gate_bias_weight(&self, shift: f32) -> f32 {
+        -shift / ((self.bias.end - self.bias.start) as f32 * EMBED_BIAS)
+    }
 }
 
 /// Number of hot experts for a skew (at least one, at most all but one).

@@ -25,6 +25,7 @@ pub fn tiny(dir: &Path, seed: u64, dtype: SynthDtype, shards: Option<usize>, lm_
         vocab_gguf: vocab_gguf(),
         routing_skew: 0.0,
         token_routing: false,
+        gate_shift: 0.0,
     };
     synth(dir, &p).expect("synth");
 }

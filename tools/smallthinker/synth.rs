@@ -45,6 +45,12 @@ pub struct Args {
     /// routing. Without either, a random model's residual stream sends most tokens to a few arbitrary experts.
     #[arg(long)]
     token_routing: bool,
+    /// ReGLU neuron sparsity like the trained models' (random weights leave half the neurons active): every
+    /// expert gate's pre-activation is lowered by this much at a residual rms of 1, less in deeper layers as the
+    /// residual grows (so the first layers are the sparsest, as in the trained models). Implies
+    /// --token-routing without --routing-skew. E.g. 0.7; 0 = none.
+    #[arg(long, default_value_t = 0.0)]
+    gate_shift: f32,
     /// Quantization threads for --gguf (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -71,6 +77,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         vocab_gguf: a.vocab,
         routing_skew: a.routing_skew,
         token_routing: a.token_routing,
+        gate_shift: a.gate_shift,
     };
     if a.gguf_only {
         let out = a.gguf.as_ref().expect("clap: --gguf-only requires --gguf");
