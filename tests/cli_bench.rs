@@ -194,3 +194,55 @@ fn read_bandwidth_needs_no_model() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--model"));
 }
+
+/// A transposed down copy (`--moe-down q8_0/q4_0/f32`) exists only for experts the sparse op reads in the file's
+/// layout: where the flag would be ignored (dense path, expert cache, experts repacked by the default
+/// `--repack all`) it is refused; with `--repack dense` the copy is built and the start-up line says so.
+#[test]
+fn moe_down_copies_are_refused_where_they_would_be_ignored() {
+    let e = bench_err(&["--dense", "--moe-down", "q8_0"]);
+    assert!(e.contains("--moe-down q8_0 is for the sparse path"), "{e}");
+    let e = bench_err(&["--mem-budget", "1G", "--moe-down", "q4_0"]);
+    assert!(e.contains("--moe-down q4_0: with --mem-budget"), "{e}");
+    // Rows of 256, so that ggml repacks the Q4_0 experts (the fixture GGUFs are F32 and too narrow).
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m.gguf");
+    let config = r#"{"hidden_size": 256, "head_dim": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "moe_ffn_hidden_size": 256}"#;
+    let synth = Command::new(env!("CARGO_BIN_EXE_smallthinker"))
+        .args(["synth", dir.path().join("ckpt").to_str().unwrap(), "--config", config])
+        .args(["--gguf", m.to_str().unwrap(), "--type", "q4_0-pure", "--gguf-only"])
+        .output()
+        .unwrap();
+    assert!(synth.status.success(), "{}", String::from_utf8_lossy(&synth.stderr));
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "-m",
+            m.to_str().unwrap(),
+            "-t",
+            "1",
+            "--prompt",
+            "4",
+            "--gen",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        Command::new(env!("CARGO_BIN_EXE_smallthinker"))
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--moe-down", "f32"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && out.stdout.is_empty(), "{e}");
+    assert!(
+        e.contains("--moe-down f32 needs the experts in the file's layout: add --repack dense"),
+        "{e}"
+    );
+    let out = run(&["--moe-down", "q4_0", "--repack", "dense"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{e}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(format!("{e}{text}").contains("down transposed to Q4_0"), "{e}{text}");
+}

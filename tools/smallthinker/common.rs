@@ -229,6 +229,28 @@ pub fn open(path: &Path, args: &SessionArgs) -> anyhow::Result<GgufFile> {
     Ok(file)
 }
 
+/// A transposed down copy (--moe-down q8_0, q4_0 or f32) is built only for experts the sparse op reads in the
+/// file's layout: refuse the flag where it would be ignored rather than run another path than the one asked for.
+fn check_moe_down(args: &SessionArgs, model: &Model<'_>) -> anyhow::Result<()> {
+    let name = match args.moe_down {
+        MoeDownArg::Q8_0 => "q8_0",
+        MoeDownArg::Q4_0 => "q4_0",
+        MoeDownArg::F32 => "f32",
+        MoeDownArg::Auto | MoeDownArg::Native => return Ok(()),
+    };
+    let repacked = model.layers.iter().any(|l| !l.experts.gate_exps.is_borrowed());
+    if args.dense {
+        bail!("--moe-down {name} is for the sparse path: --dense runs ggml's mul_mat_id on the file's down");
+    }
+    if args.mem_budget.is_some() {
+        bail!("--moe-down {name}: with --mem-budget the expert cache holds the file's bytes, so down is read as the GGUF stores it");
+    }
+    if repacked {
+        bail!("--moe-down {name} needs the experts in the file's layout: add --repack dense (--repack all interleaves them for ggml's kernels)");
+    }
+    Ok(())
+}
+
 /// Loads the model from `file` into `wctx`, with its Q4_0 matrices repacked into `rctx` (both from
 /// `Model::context`) as --repack says.
 pub fn load<'a>(
@@ -299,6 +321,7 @@ pub fn session<'a>(
         ty: args.kv_type.kv_type(),
     };
     let kv = KvCache::new(kctx, &model.hp, kv_params)?;
+    check_moe_down(args, model)?;
     let threads = args.threads.unwrap_or_else(physical_cores);
     let params = SessionParams {
         n_threads: threads,
