@@ -263,3 +263,60 @@ fn hidden_cells_do_not_contribute() {
     v.set_f32(&vv).unwrap();
     assert_ne!(before, run(&ctx, attn_cells(&ctx, q, k, v, cp, qp, &p), 1));
 }
+
+/// In a prompt's block of tokens, a cell that one token sees and the next does not (past the window's edge, or
+/// after the token) changes only the rows of the token that sees it, and bit for bit nothing else.
+#[test]
+fn block_rows_see_only_their_own_cells() {
+    let ctx = ctx();
+    let mut rng = Rng::new(7);
+    let (hd, nh) = (16i64, 4i64);
+    // Positions 0..6 in cells 0..6; queries at 3, 4, 5 (window 3): 3 sees 1..=3, 4 sees 2..=4, 5 sees 3..=5.
+    let cell_pos = [0, 1, 2, 3, 4, 5];
+    let (q, _) = rand_f32(&ctx, &[hd, nh, 3], &mut rng);
+    let (k, mut kv) = rand_f32(&ctx, &[hd * 2, 6], &mut rng);
+    let (v, mut vv) = rand_f32(&ctx, &[hd * 2, 6], &mut rng);
+    let cp = ctx.new_tensor(GgmlType::I32, &[6]);
+    cp.set_i32(&cell_pos).unwrap();
+    let qp = ctx.new_tensor(GgmlType::I32, &[3]);
+    qp.set_i32(&[3, 4, 5]).unwrap();
+    let p = CellAttnParams {
+        n_head: nh,
+        n_head_kv: 2,
+        n_embd_head: hd,
+        kq_scale: 0.25,
+        n_swa: Some(3),
+    };
+    let token_rows = |out: &[f32], t: usize| out[t * (hd * nh) as usize..][..(hd * nh) as usize].to_vec();
+    for n_threads in [1, 2] {
+        let before = run(&ctx, attn_cells(&ctx, q, k, v, cp, qp, &p), n_threads);
+        let one = |rows: &mut Vec<f32>, cell: usize, x: f32| {
+            rows[cell * (2 * hd) as usize..][..(2 * hd) as usize]
+                .iter_mut()
+                .for_each(|r| *r = x)
+        };
+        // Cell 1 (position 1): only the query at 3 sees it. Cell 5: only the query at 5.
+        let (k0, v0) = (kv.clone(), vv.clone());
+        for (cell, sees) in [(1usize, 0usize), (5, 2)] {
+            kv.clone_from(&k0);
+            vv.clone_from(&v0);
+            one(&mut kv, cell, 3.0);
+            one(&mut vv, cell, -7.0);
+            k.set_f32(&kv).unwrap();
+            v.set_f32(&vv).unwrap();
+            let after = run(&ctx, attn_cells(&ctx, q, k, v, cp, qp, &p), n_threads);
+            for t in 0..3 {
+                let (b, a) = (token_rows(&before, t), token_rows(&after, t));
+                if t == sees {
+                    assert_ne!(b, a, "cell {cell}: token {t} sees it");
+                } else {
+                    assert_eq!(b, a, "cell {cell}: token {t} does not see it ({n_threads} threads)");
+                }
+            }
+        }
+        k.set_f32(&k0).unwrap();
+        v.set_f32(&v0).unwrap();
+        kv = k0;
+        vv = v0;
+    }
+}

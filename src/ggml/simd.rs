@@ -5,40 +5,116 @@
 
 use super::sys;
 
-/// `out[j * n + c] = dot(q[j], k[c])` for `g = q.len() / hd` query rows and `n = k.len() / hd` key rows.
-pub fn attn_scores(q: &[f32], k: &[f32], hd: usize, out: &mut [f32]) {
-    let (g, n) = (q.len() / hd, k.len() / hd);
-    assert!(
-        hd > 0 && q.len() == g * hd && k.len() == n * hd && out.len() == g * n,
-        "attn_scores: q {} k {} out {} with hd {hd}",
-        q.len(),
-        k.len(),
-        out.len()
-    );
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked at run time), all the body needs.
-        return unsafe { scores_avx2(q, k, hd, out) };
-    }
-    scores_body(q, k, hd, out)
+/// Rows of a KV cache, read in place: `hd` values from each of `starts` (element offsets into the data).
+#[derive(Clone, Copy)]
+pub enum CacheRows<'a> {
+    F32(&'a [f32]),
+    /// `ggml_fp16_t` bits.
+    F16(&'a [u16]),
 }
 
-/// `acc[j] += sum_c p[j * n + c] * v[c]` for `g = acc.len() / hd` rows and `n = v.len() / hd` value rows.
-pub fn attn_accumulate(acc: &mut [f32], p: &[f32], v: &[f32], hd: usize) {
-    let (g, n) = (acc.len() / hd, v.len() / hd);
-    assert!(
-        hd > 0 && acc.len() == g * hd && v.len() == n * hd && p.len() == g * n,
-        "attn_accumulate: acc {} p {} v {} with hd {hd}",
-        acc.len(),
-        p.len(),
-        v.len()
-    );
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: as in attn_scores.
-        return unsafe { accumulate_avx2(acc, p, v, hd) };
+impl CacheRows<'_> {
+    fn len(&self) -> usize {
+        match self {
+            CacheRows::F32(d) => d.len(),
+            CacheRows::F16(d) => d.len(),
+        }
     }
-    accumulate_body(acc, p, v, hd)
+
+    /// Panics unless every row `starts[c]..starts[c] + hd` lies inside the data (the kernels read them
+    /// unchecked).
+    fn check(&self, starts: &[usize], hd: usize, what: &str) {
+        let len = self.len();
+        assert!(
+            starts.iter().all(|&s| s.checked_add(hd).is_some_and(|e| e <= len)),
+            "{what}: a row of {hd} values lies outside the cache's {len}"
+        );
+    }
+
+    /// Row `start` as f32 (the portable path).
+    fn row(&self, start: usize, hd: usize, out: &mut Vec<f32>) {
+        out.resize(hd, 0.0);
+        match self {
+            CacheRows::F32(d) => out.copy_from_slice(&d[start..start + hd]),
+            CacheRows::F16(d) => f16_to_f32(&d[start..start + hd], out),
+        }
+    }
+}
+
+/// `out[j * n + c] = dot(q[j], row c)` for `g = q.len() / hd` query rows and the `n = starts.len()` cache rows.
+pub fn attn_scores(q: &[f32], k: CacheRows, starts: &[usize], hd: usize, out: &mut [f32]) {
+    let (g, n) = (q.len() / hd.max(1), starts.len());
+    assert!(
+        hd > 0 && q.len() == g * hd && out.len() == g * n,
+        "attn_scores: q {} out {} with hd {hd} and {n} rows",
+        q.len(),
+        out.len()
+    );
+    k.check(starts, hd, "attn_scores");
+    #[cfg(target_arch = "x86_64")]
+    if hd % 8 == 0 && x86::supported() {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked at run time); every row is inside `k` (checked above)
+        // and hd is a multiple of the 8 lanes the kernel reads at a time.
+        return unsafe { x86::scores(q, k, starts, hd, out) };
+    }
+    let mut row = Vec::new();
+    for (c, &st) in starts.iter().enumerate() {
+        k.row(st, hd, &mut row);
+        for (j, qj) in q.chunks_exact(hd).enumerate() {
+            out[j * n + c] = qj.iter().zip(&row).map(|(a, b)| a * b).sum();
+        }
+    }
+}
+
+/// `acc[j] += sum_c p[j * n + c] * row c` for `g = acc.len() / hd` rows and the `n = starts.len()` cache rows.
+pub fn attn_accumulate(acc: &mut [f32], p: &[f32], v: CacheRows, starts: &[usize], hd: usize) {
+    let (g, n) = (acc.len() / hd.max(1), starts.len());
+    assert!(
+        hd > 0 && acc.len() == g * hd && p.len() == g * n,
+        "attn_accumulate: acc {} p {} with hd {hd} and {n} rows",
+        acc.len(),
+        p.len()
+    );
+    v.check(starts, hd, "attn_accumulate");
+    #[cfg(target_arch = "x86_64")]
+    if hd % 16 == 0 && x86::supported() {
+        // SAFETY: as in attn_scores; hd is a multiple of the 16 values the kernel keeps per row.
+        return unsafe { x86::accumulate(acc, p, v, starts, hd) };
+    }
+    let mut row = Vec::new();
+    for (c, &st) in starts.iter().enumerate() {
+        v.row(st, hd, &mut row);
+        for (j, aj) in acc.chunks_exact_mut(hd).enumerate() {
+            let w = p[j * n + c];
+            aj.iter_mut().zip(&row).for_each(|(a, &x)| *a = x.mul_add(w, *a));
+        }
+    }
+}
+
+/// Asks the CPU to fetch the rows `starts` of `rows` (`hd` values each) into cache, without waiting: the attention
+/// op reads a KV head's slice of each cell row, a short run at a large stride that the hardware prefetchers do
+/// not follow, so it prefetches the next tile's rows while it computes on this one. Offsets outside the data are
+/// skipped.
+pub fn prefetch_rows(rows: CacheRows, starts: impl Iterator<Item = usize>, hd: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (base, size, len) = match rows {
+            CacheRows::F32(d) => (d.as_ptr().cast::<u8>(), 4, d.len()),
+            CacheRows::F16(d) => (d.as_ptr().cast::<u8>(), 2, d.len()),
+        };
+        for st in starts.filter(|&st| st.checked_add(hd).is_some_and(|e| e <= len)) {
+            for line in (0..hd * size).step_by(64) {
+                // SAFETY: the address is inside the slice (checked above); a prefetch never faults anyway.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                        base.add(st * size + line).cast(),
+                    )
+                };
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (rows, starts, hd);
 }
 
 /// `x[i] = exp(x[i] - m)` for every element, returning their sum: the online softmax's inner step.
@@ -69,18 +145,6 @@ pub fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 fn avx2() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn scores_avx2(q: &[f32], k: &[f32], hd: usize, out: &mut [f32]) {
-    scores_body(q, k, hd, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn accumulate_avx2(acc: &mut [f32], p: &[f32], v: &[f32], hd: usize) {
-    accumulate_body(acc, p, v, hd)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -141,40 +205,131 @@ fn exp_poly(x: f32) -> f32 {
     }
 }
 
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ac.zip(bc) {
-        for i in 0..8 {
-            lanes[i] = x[i].mul_add(y[i], lanes[i]);
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
+/// The AVX2 kernels of the attention op. They read the cache rows in place (F16C converts f16 on load), so no
+/// row is copied: converting each row into a scratch tile first cost more than the arithmetic.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::CacheRows;
+    use std::arch::x86_64::*;
 
-#[inline(always)]
-fn scores_body(q: &[f32], k: &[f32], hd: usize, out: &mut [f32]) {
-    let n = k.len() / hd;
-    for (qj, oj) in q.chunks_exact(hd).zip(out.chunks_exact_mut(n.max(1))) {
-        for (o, kc) in oj.iter_mut().zip(k.chunks_exact(hd)) {
-            *o = dot(qj, kc);
-        }
+    pub fn supported() -> bool {
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
     }
-}
 
-#[inline(always)]
-fn accumulate_body(acc: &mut [f32], p: &[f32], v: &[f32], hd: usize) {
-    let n = v.len() / hd;
-    if n == 0 {
-        return;
-    }
-    for (aj, pj) in acc.chunks_exact_mut(hd).zip(p.chunks_exact(n)) {
-        for (&w, vc) in pj.iter().zip(v.chunks_exact(hd)) {
-            for (a, &x) in aj.iter_mut().zip(vc) {
-                *a = x.mul_add(w, *a);
+    /// Eight values of a row at element `i` as f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(rows: CacheRows, i: usize) -> __m256 {
+        // SAFETY: the callers keep i + 8 within the checked row.
+        unsafe {
+            match rows {
+                CacheRows::F32(d) => _mm256_loadu_ps(d.as_ptr().add(i)),
+                CacheRows::F16(d) => _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr().add(i).cast())),
             }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    /// Query rows scored against one key row at once: the key is converted once for R accumulators.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn score_rows<const R: usize>(q: *const f32, hd: usize, k: CacheRows, st: usize) -> [f32; R] {
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); R];
+            for i in (0..hd).step_by(8) {
+                let kv = load8(k, st + i);
+                for (r, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(r * hd + i)), kv, *a);
+                }
+            }
+            acc.map(|a| hsum(a))
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn scores(q: &[f32], k: CacheRows, starts: &[usize], hd: usize, out: &mut [f32]) {
+        let (g, n) = (q.len() / hd, starts.len());
+        for (c, &st) in starts.iter().enumerate() {
+            let mut j = 0;
+            while j < g {
+                // SAFETY: rows j..j + R of q exist; the key row is inside k (both checked by the caller).
+                let qj = unsafe { q.as_ptr().add(j * hd) };
+                let got: &[f32] = match g - j {
+                    1 => &unsafe { score_rows::<1>(qj, hd, k, st) },
+                    2 => &unsafe { score_rows::<2>(qj, hd, k, st) },
+                    3 => &unsafe { score_rows::<3>(qj, hd, k, st) },
+                    _ => &unsafe { score_rows::<4>(qj, hd, k, st) },
+                };
+                for (r, &x) in got.iter().enumerate() {
+                    out[(j + r) * n + c] = x;
+                }
+                j += got.len();
+            }
+        }
+    }
+
+    /// Sixteen output values of R rows, accumulated in registers over every value row.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn accumulate_rows<const R: usize>(
+        acc: *mut f32,
+        p: *const f32,
+        v: CacheRows,
+        starts: &[usize],
+        hd: usize,
+        d: usize,
+    ) {
+        let n = starts.len();
+        unsafe {
+            let mut a = [[_mm256_setzero_ps(); 2]; R];
+            for (r, ar) in a.iter_mut().enumerate() {
+                ar[0] = _mm256_loadu_ps(acc.add(r * hd + d));
+                ar[1] = _mm256_loadu_ps(acc.add(r * hd + d + 8));
+            }
+            for (c, &st) in starts.iter().enumerate() {
+                let (v0, v1) = (load8(v, st + d), load8(v, st + d + 8));
+                for (r, ar) in a.iter_mut().enumerate() {
+                    let w = _mm256_set1_ps(*p.add(r * n + c));
+                    ar[0] = _mm256_fmadd_ps(v0, w, ar[0]);
+                    ar[1] = _mm256_fmadd_ps(v1, w, ar[1]);
+                }
+            }
+            for (r, ar) in a.iter().enumerate() {
+                _mm256_storeu_ps(acc.add(r * hd + d), ar[0]);
+                _mm256_storeu_ps(acc.add(r * hd + d + 8), ar[1]);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn accumulate(acc: &mut [f32], p: &[f32], v: CacheRows, starts: &[usize], hd: usize) {
+        let (g, n) = (acc.len() / hd, starts.len());
+        let mut j = 0;
+        while j < g {
+            let r = (g - j).min(4);
+            // SAFETY: rows j..j + r of acc and p exist, every value row is inside v (checked by the caller), and
+            // d + 16 <= hd.
+            let (aj, pj) = unsafe { (acc.as_mut_ptr().add(j * hd), p.as_ptr().add(j * n)) };
+            for d in (0..hd).step_by(16) {
+                unsafe {
+                    match r {
+                        1 => accumulate_rows::<1>(aj, pj, v, starts, hd, d),
+                        2 => accumulate_rows::<2>(aj, pj, v, starts, hd, d),
+                        3 => accumulate_rows::<3>(aj, pj, v, starts, hd, d),
+                        _ => accumulate_rows::<4>(aj, pj, v, starts, hd, d),
+                    }
+                }
+            }
+            j += r;
         }
     }
 }

@@ -4,10 +4,12 @@
 //! Unlike the `soft_max_ext` path it needs no `[n_kv, n_tokens]` mask: the visibility of a cell comes from the
 //! position it holds (`cell_pos`, -1 when empty) and the query's position, so a ring buffer that has wrapped
 //! around needs nothing special. K and V are read in the cache's own layout (a row of `n_embd_head * n_head_kv`
-//! per cell), so V is never transposed. Work items are (query token, KV head) groups of query heads: the heads
-//! sharing a KV head (GQA) score each K row and accumulate each V row together, so each is converted once.
+//! per cell), so V is never transposed. Work items are blocks of query rows that share a KV head:
+//! its heads (GQA) over a few consecutive tokens score each K row and accumulate each V row together, so each
+//! is converted once per block; a row's scores of cells it may not see (a later token's, one past the window's
+//! edge) are masked to -inf.
 
-use crate::ggml::simd::{attn_accumulate, attn_scores, exp_shifted_sum, f16_to_f32};
+use crate::ggml::simd::{attn_accumulate, attn_scores, exp_shifted_sum, prefetch_rows, CacheRows};
 use crate::ggml::{Context, CustomOpCtx, Tensor};
 use crate::gguf::GgmlType;
 
@@ -84,37 +86,28 @@ pub fn attn_cells<'a>(
     )
 }
 
-/// Per-thread scratch for one work item.
+/// Query rows attended together at most (whole (token, KV head) groups, at least one): a block's rows share each
+/// K and V row of a tile, converted from the cache once, so a prompt converts each cell once per block rather
+/// than once per token.
+const BLOCK_ROWS: usize = 32;
+
+/// Per-thread scratch for one block of query rows.
 struct Scratch {
     q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    p_q: Vec<i64>,
     s: Vec<f32>,
     acc: Vec<f32>,
     m: Vec<f32>,
     l: Vec<f32>,
     cells: Vec<usize>,
+    /// Where each of `cells`' rows of the KV head starts in the cache.
+    starts: Vec<usize>,
 }
 
-/// The cache rows of one KV head: `hd` values at `row * row_len + off`.
-enum Cache<'s> {
-    F16(&'s [u16]),
-    F32(&'s [f32]),
-}
-
-impl Cache<'_> {
-    fn load(&self, start: usize, out: &mut [f32]) {
-        match self {
-            Cache::F16(d) => f16_to_f32(&d[start..start + out.len()], out),
-            Cache::F32(d) => out.copy_from_slice(&d[start..start + out.len()]),
-        }
-    }
-}
-
-fn cache<'s>(op: &'s CustomOpCtx, i: usize) -> Cache<'s> {
+fn cache<'s>(op: &'s CustomOpCtx, i: usize) -> CacheRows<'s> {
     match op.src_ty(i) {
-        GgmlType::F16 => Cache::F16(op.src_f16(i)),
-        _ => Cache::F32(op.src(i)),
+        GgmlType::F16 => CacheRows::F16(op.src_f16(i)),
+        _ => CacheRows::F32(op.src(i)),
     }
 }
 
@@ -122,99 +115,130 @@ fn run(op: &CustomOpCtx, p: &CellAttnParams) {
     let hd = p.n_embd_head as usize;
     let n_head = p.n_head as usize;
     let g = n_head / p.n_head_kv as usize;
-    let row_len = hd * p.n_head_kv as usize;
+    let rows_max = BLOCK_ROWS.max(g);
     let q_all = op.src(0);
     let (k, v) = (cache(op, 1), cache(op, 2));
     let cell_pos = op.src_i32(3);
     let q_pos = op.src_i32(4);
     let mut sc = Scratch {
-        q: vec![0.0; g * hd],
-        k: vec![0.0; TILE * hd],
-        v: vec![0.0; TILE * hd],
-        s: vec![0.0; g * TILE],
-        acc: vec![0.0; g * hd],
-        m: vec![0.0; g],
-        l: vec![0.0; g],
+        q: vec![0.0; rows_max * hd],
+        p_q: vec![0; rows_max],
+        s: vec![0.0; rows_max * TILE],
+        acc: vec![0.0; rows_max * hd],
+        m: vec![0.0; rows_max],
+        l: vec![0.0; rows_max],
         cells: Vec::with_capacity(TILE),
+        starts: Vec::with_capacity(TILE),
     };
-    // This thread's rows (one per (head, token)), grouped by the KV head they share.
+    let ctx = Item {
+        hd,
+        row_len: hd * p.n_head_kv as usize,
+        n_swa: p.n_swa,
+        scale: p.kq_scale,
+    };
+    // This thread's rows (one per (head, token), token-major), ordered by the KV head their heads share, then
+    // token: a block is then a run of consecutive tokens of one KV head.
+    let token = |r: usize| r / n_head;
+    let kv_head = |r: usize| r % n_head / g;
     let mut rows: Vec<(usize, &mut [f32])> = op.dst_rows().collect();
+    rows.sort_by_key(|&(r, _)| (kv_head(r), r));
     let mut rest = rows.as_mut_slice();
     while let Some(&(r0, _)) = rest.first() {
-        let (t, kh) = (r0 / n_head, r0 % n_head / g);
-        let n = rest
-            .iter()
-            .take_while(|(r, _)| r / n_head == t && r % n_head / g == kh)
-            .count();
-        let (group, tail) = rest.split_at_mut(n);
-        let qs = &q_all[r0 * hd..(r0 + n) * hd];
-        let ctx = Item {
-            hd,
-            off: kh * hd,
-            row_len,
-            p_q: i64::from(q_pos[t]),
-            n_swa: p.n_swa,
-            scale: p.kq_scale,
-        };
-        attend(&ctx, qs, &k, &v, cell_pos, &mut sc, group);
+        let kh = kv_head(r0);
+        // Whole (token, KV head) groups while they fit, and always the first.
+        let mut n = 0;
+        while n < rest.len() && kv_head(rest[n].0) == kh {
+            let t = token(rest[n].0);
+            let len = rest[n..]
+                .iter()
+                .take_while(|(r, _)| token(*r) == t && kv_head(*r) == kh)
+                .count();
+            if n > 0 && n + len > rows_max {
+                break;
+            }
+            n += len;
+        }
+        let (block, tail) = rest.split_at_mut(n);
+        for (j, (r, _)) in block.iter().enumerate() {
+            sc.q[j * hd..(j + 1) * hd].copy_from_slice(&q_all[r * hd..(r + 1) * hd]);
+            sc.p_q[j] = i64::from(q_pos[token(*r)]);
+        }
+        attend(&ctx, kh * hd, k, v, cell_pos, &mut sc, block);
         rest = tail;
     }
 }
 
 struct Item {
     hd: usize,
-    /// Offset of the KV head in a cache row.
-    off: usize,
     row_len: usize,
-    p_q: i64,
     n_swa: Option<u32>,
     scale: f32,
 }
 
-/// Attention of the `g = qs.len() / hd` heads of one (token, KV head) item, written to `out`.
+/// Attention of one block of query rows (`sc.q`, `sc.p_q` hold their queries and positions) over the KV head at
+/// offset `off` of a cache row, written to `out`.
 fn attend(
     it: &Item,
-    qs: &[f32],
-    k: &Cache,
-    v: &Cache,
+    off: usize,
+    k: CacheRows,
+    v: CacheRows,
     cell_pos: &[i32],
     sc: &mut Scratch,
     out: &mut [(usize, &mut [f32])],
 ) {
     let hd = it.hd;
-    let g = qs.len() / hd;
-    let q = &mut sc.q[..g * hd];
-    for (d, s) in q.iter_mut().zip(qs) {
-        *d = s * it.scale;
-    }
-    let acc = &mut sc.acc[..g * hd];
+    let nr = out.len();
+    let q = &mut sc.q[..nr * hd];
+    q.iter_mut().for_each(|x| *x *= it.scale);
+    let p_q = &sc.p_q[..nr];
+    let p_min = p_q.iter().copied().min().unwrap_or(0);
+    let p_max = p_q.iter().copied().max().unwrap_or(-1);
+    let acc = &mut sc.acc[..nr * hd];
     acc.fill(0.0);
-    let (m, l) = (&mut sc.m[..g], &mut sc.l[..g]);
+    let (m, l) = (&mut sc.m[..nr], &mut sc.l[..nr]);
     m.fill(f32::NEG_INFINITY);
     l.fill(0.0);
     for (tile, pos) in cell_pos.chunks(TILE).enumerate() {
+        // The cells some row of the block sees; a row's scores of the others are masked below.
         sc.cells.clear();
         let base = tile * TILE;
-        sc.cells.extend(
-            pos.iter()
-                .enumerate()
-                .filter(|(_, &pk)| visible(i64::from(pk), it.p_q, it.n_swa))
-                .map(|(c, _)| base + c),
-        );
+        let mut all_see = true;
+        for (c, &pk) in pos.iter().enumerate() {
+            let pk = i64::from(pk);
+            // Seen by a query between p_min and p_max: written, not after p_max, in the window of p_min.
+            if pk >= 0 && pk <= p_max && it.n_swa.is_none_or(|w| p_min - pk < i64::from(w)) {
+                // ...and by all of them.
+                all_see &= visible(pk, p_min, it.n_swa) && visible(pk, p_max, it.n_swa);
+                sc.cells.push(base + c);
+            }
+        }
         let nv = sc.cells.len();
         if nv == 0 {
             continue;
         }
-        let (kt, vt) = (&mut sc.k[..nv * hd], &mut sc.v[..nv * hd]);
-        for (&c, row) in sc.cells.iter().zip(kt.chunks_exact_mut(hd)) {
-            k.load(c * it.row_len + it.off, row);
-        }
-        let s = &mut sc.s[..g * nv];
-        attn_scores(q, kt, hd, s);
-        for j in 0..g {
+        let next = (base + TILE..(base + 2 * TILE).min(cell_pos.len())).map(|c| c * it.row_len + off);
+        prefetch_rows(k, next.clone(), hd);
+        prefetch_rows(v, next, hd);
+        sc.starts.clear();
+        sc.starts.extend(sc.cells.iter().map(|&c| c * it.row_len + off));
+        let s = &mut sc.s[..nr * nv];
+        attn_scores(q, k, &sc.starts, hd, s);
+        for j in 0..nr {
             let sj = &mut s[j * nv..(j + 1) * nv];
+            if !all_see {
+                for (x, &c) in sj.iter_mut().zip(&sc.cells) {
+                    if !visible(i64::from(cell_pos[c]), p_q[j], it.n_swa) {
+                        *x = f32::NEG_INFINITY;
+                    }
+                }
+            }
             let m_new = sj.iter().fold(m[j], |a, &b| a.max(b));
-            // m_new is finite: every score is (a visible cell), unless K or q held inf/NaN.
+            if m_new == f32::NEG_INFINITY {
+                // This row sees none of the tile's cells (nor any before): it weighs them all 0.
+                sj.fill(0.0);
+                continue;
+            }
+            // m_new is finite: some score is (a visible cell), unless K or q held inf/NaN.
             let rescale = (m[j] - m_new).exp();
             if rescale != 1.0 {
                 l[j] *= rescale;
@@ -223,10 +247,7 @@ fn attend(
             m[j] = m_new;
             l[j] += exp_shifted_sum(sj, m_new);
         }
-        for (&c, row) in sc.cells.iter().zip(vt.chunks_exact_mut(hd)) {
-            v.load(c * it.row_len + it.off, row);
-        }
-        attn_accumulate(acc, s, vt, hd);
+        attn_accumulate(acc, s, v, &sc.starts, hd);
     }
     for (j, (_, o)) in out.iter_mut().enumerate() {
         // l > 0 whenever a cell was visible (a query always sees its own); else the row is all zeros.
