@@ -1,7 +1,8 @@
-//! Small f32 kernels for the attention op (src/graph/attn_op.rs), compiled twice: once for the baseline ISA and
-//! once with AVX2+FMA enabled, picked at run time. The Rust code outside build.rs's `-march` choice would
-//! otherwise be limited to SSE2; the bodies are plain loops over 8-lane accumulators that LLVM vectorises.
-//! f16 rows are converted with ggml's own (F16C when available) `ggml_cpu_fp16_to_fp32`.
+//! Small kernels for the attention op (src/graph/attn_op.rs), picked at run time: Rust code is otherwise limited
+//! to SSE2 whatever build.rs's `-march` choice for ggml. The scores and accumulate kernels are AVX2/FMA/F16C
+//! intrinsics (module `x86`) that read f32 or f16 cache rows in place, with a portable fallback that converts
+//! each row with ggml's `ggml_cpu_fp16_to_fp32`; the softmax exp is a plain loop compiled twice (baseline and
+//! AVX2+FMA) that LLVM vectorises.
 
 use super::sys;
 
