@@ -52,6 +52,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod mmap;
+pub mod q4_axpy;
 pub mod q4x8;
 pub mod quant;
 pub mod simd;
