@@ -43,7 +43,9 @@ impl CacheRows<'_> {
 }
 
 /// `out[j * n + c] = dot(q[j], row c)` for `g = q.len() / hd` query rows and the `n = starts.len()` cache rows.
-pub fn attn_scores(q: &[f32], k: CacheRows, starts: &[usize], hd: usize, out: &mut [f32]) {
+/// While it reads row c it asks the CPU to fetch row `ahead[c]` (any length; rows outside `k` are skipped): the
+/// rows of the next tile, spread over this one's work so that the fetches overlap the arithmetic.
+pub fn attn_scores(q: &[f32], k: CacheRows, starts: &[usize], ahead: &[usize], hd: usize, out: &mut [f32]) {
     let (g, n) = (q.len() / hd.max(1), starts.len());
     assert!(
         hd > 0 && q.len() == g * hd && out.len() == g * n,
@@ -56,10 +58,11 @@ pub fn attn_scores(q: &[f32], k: CacheRows, starts: &[usize], hd: usize, out: &m
     if hd % 8 == 0 && x86::supported() {
         // SAFETY: the CPU has AVX2, FMA and F16C (checked at run time); every row is inside `k` (checked above)
         // and hd is a multiple of the 8 lanes the kernel reads at a time.
-        return unsafe { x86::scores(q, k, starts, hd, out) };
+        return unsafe { x86::scores(q, k, starts, ahead, hd, out) };
     }
     let mut row = Vec::new();
     for (c, &st) in starts.iter().enumerate() {
+        prefetch_rows(k, ahead.get(c).copied().into_iter(), hd);
         k.row(st, hd, &mut row);
         for (j, qj) in q.chunks_exact(hd).enumerate() {
             out[j * n + c] = qj.iter().zip(&row).map(|(a, b)| a * b).sum();
@@ -67,8 +70,9 @@ pub fn attn_scores(q: &[f32], k: CacheRows, starts: &[usize], hd: usize, out: &m
     }
 }
 
-/// `acc[j] += sum_c p[j * n + c] * row c` for `g = acc.len() / hd` rows and the `n = starts.len()` cache rows.
-pub fn attn_accumulate(acc: &mut [f32], p: &[f32], v: CacheRows, starts: &[usize], hd: usize) {
+/// `acc[j] += sum_c p[j * n + c] * row c` for `g = acc.len() / hd` rows and the `n = starts.len()` cache rows,
+/// fetching rows `ahead` as [`attn_scores`] does.
+pub fn attn_accumulate(acc: &mut [f32], p: &[f32], v: CacheRows, starts: &[usize], ahead: &[usize], hd: usize) {
     let (g, n) = (acc.len() / hd.max(1), starts.len());
     assert!(
         hd > 0 && acc.len() == g * hd && p.len() == g * n,
@@ -80,10 +84,11 @@ pub fn attn_accumulate(acc: &mut [f32], p: &[f32], v: CacheRows, starts: &[usize
     #[cfg(target_arch = "x86_64")]
     if hd % 16 == 0 && x86::supported() {
         // SAFETY: as in attn_scores; hd is a multiple of the 16 values the kernel keeps per row.
-        return unsafe { x86::accumulate(acc, p, v, starts, hd) };
+        return unsafe { x86::accumulate(acc, p, v, starts, ahead, hd) };
     }
     let mut row = Vec::new();
     for (c, &st) in starts.iter().enumerate() {
+        prefetch_rows(v, ahead.get(c).copied().into_iter(), hd);
         v.row(st, hd, &mut row);
         for (j, aj) in acc.chunks_exact_mut(hd).enumerate() {
             let w = p[j * n + c];
@@ -94,8 +99,9 @@ pub fn attn_accumulate(acc: &mut [f32], p: &[f32], v: CacheRows, starts: &[usize
 
 /// Asks the CPU to fetch the rows `starts` of `rows` (`hd` values each) into cache, without waiting: the attention
 /// op reads a KV head's slice of each cell row, a short run at a large stride that the hardware prefetchers do
-/// not follow, so it prefetches the next tile's rows while it computes on this one. Offsets outside the data are
-/// skipped.
+/// not follow, so the kernels fetch the next tile's rows one per row they compute on (a whole tile's fetches at
+/// once filled the CPU's miss queue and stalled: perf put most of the op's own time on the prefetch
+/// instructions). Offsets outside the data are skipped.
 pub fn prefetch_rows(rows: CacheRows, starts: impl Iterator<Item = usize>, hd: usize) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -148,11 +154,73 @@ fn avx2() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
+/// [`exp_poly`] on 8 lanes at a time. Written with intrinsics: LLVM left the plain loop scalar (perf showed
+/// `vmovss`/`vaddss` throughout), which made the exp a fifth of the attention op.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn exp_sum_avx2(x: &mut [f32], m: f32) -> f32 {
-    exp_sum_body(x, m)
+    use std::arch::x86_64::*;
+    let mv = _mm256_set1_ps(m);
+    let (lo, hi) = (_mm256_set1_ps(EXP_LO), _mm256_set1_ps(EXP_HI));
+    let magic = _mm256_set1_ps(EXP_MAGIC);
+    let mut sum = _mm256_setzero_ps();
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        // SAFETY: c holds 8 floats; unaligned loads and stores.
+        unsafe {
+            let x = _mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), mv);
+            // max/min return their second operand when either is NaN: this order keeps a NaN x.
+            let xc = _mm256_min_ps(hi, _mm256_max_ps(lo, x));
+            let t = _mm256_fmadd_ps(xc, _mm256_set1_ps(std::f32::consts::LOG2_E), magic);
+            let n = _mm256_sub_ps(t, magic);
+            let k = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_castps_si256(magic));
+            let r = _mm256_fmadd_ps(
+                n,
+                _mm256_set1_ps(-EXP_LN2_LO),
+                _mm256_fmadd_ps(n, _mm256_set1_ps(-EXP_LN2_HI), xc),
+            );
+            let mut p = _mm256_set1_ps(EXP_P[0]);
+            for &cf in &EXP_P[1..] {
+                p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(cf));
+            }
+            let e = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0));
+            let scale = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(k, _mm256_set1_epi32(127))));
+            let below = _mm256_cmp_ps::<_CMP_LT_OQ>(x, lo);
+            let y = _mm256_andnot_ps(below, _mm256_mul_ps(e, scale));
+            _mm256_storeu_ps(c.as_mut_ptr(), y);
+            sum = _mm256_add_ps(sum, y);
+        }
+    }
+    let tail: f32 = chunks
+        .into_remainder()
+        .iter_mut()
+        .map(|v| {
+            *v = exp_poly(*v - m);
+            *v
+        })
+        .sum();
+    let mut lanes = [0f32; 8];
+    // SAFETY: lanes holds 8 floats.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
+    lanes.iter().sum::<f32>() + tail
 }
+
+const EXP_LO: f32 = -87.0;
+const EXP_HI: f32 = 88.0;
+/// 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits.
+const EXP_MAGIC: f32 = 12_582_912.0;
+/// ln 2 split so that n * LN2_HI is exact for |n| < 2^9.
+const EXP_LN2_HI: f32 = 0.693_359_4;
+const EXP_LN2_LO: f32 = -2.121_944_4e-4;
+/// Cephes' expf polynomial, highest degree first.
+const EXP_P: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
 
 #[inline(always)]
 fn exp_sum_body(x: &mut [f32], m: f32) -> f32 {
@@ -178,28 +246,16 @@ fn exp_sum_body(x: &mut [f32], m: f32) -> f32 {
 /// exp(x) without branches, so that a loop over it vectorises.
 #[inline(always)]
 fn exp_poly(x: f32) -> f32 {
-    const LO: f32 = -87.0;
-    const HI: f32 = 88.0;
-    // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits.
-    const MAGIC: f32 = 12_582_912.0;
-    // ln 2 split so that n * LN2_HI is exact for |n| < 2^9.
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
     // clamp keeps NaN, which then poisons the result.
-    let xc = x.clamp(LO, HI);
-    let t = xc.mul_add(std::f32::consts::LOG2_E, MAGIC);
-    let n = t - MAGIC;
-    let k = t.to_bits().wrapping_sub(MAGIC.to_bits()) as i32; // n as an integer, in [-126, 127]
-    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, xc));
-    let mut p = 1.987_569_1e-4f32;
-    p = p.mul_add(r, 1.398_199_9e-3);
-    p = p.mul_add(r, 8.333_452e-3);
-    p = p.mul_add(r, 4.166_579_6e-2);
-    p = p.mul_add(r, 1.666_666_5e-1);
-    p = p.mul_add(r, 0.5);
+    let xc = x.clamp(EXP_LO, EXP_HI);
+    let t = xc.mul_add(std::f32::consts::LOG2_E, EXP_MAGIC);
+    let n = t - EXP_MAGIC;
+    let k = t.to_bits().wrapping_sub(EXP_MAGIC.to_bits()) as i32; // n as an integer, in [-126, 127]
+    let r = n.mul_add(-EXP_LN2_LO, n.mul_add(-EXP_LN2_HI, xc));
+    let p = EXP_P[1..].iter().fold(EXP_P[0], |p, &c| p.mul_add(r, c));
     let e = (p * r).mul_add(r, r) + 1.0;
     let scale = f32::from_bits((k.wrapping_add(127) as u32) << 23);
-    if x < LO {
+    if x < EXP_LO {
         0.0
     } else {
         e * scale
@@ -232,49 +288,88 @@ mod x86 {
         }
     }
 
+    /// The eight horizontal sums of `a` as one vector, lane i = sum of a[i] (a tree of hadds: the scalar hsum
+    /// of each accumulator cost as much as the dot products).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    fn hsum8(a: [__m256; 8]) -> __m256 {
+        let t0 = _mm256_hadd_ps(a[0], a[1]);
+        let t1 = _mm256_hadd_ps(a[2], a[3]);
+        let t2 = _mm256_hadd_ps(a[4], a[5]);
+        let t3 = _mm256_hadd_ps(a[6], a[7]);
+        let u0 = _mm256_hadd_ps(t0, t1); // lanes: a0 a1 a2 a3 (low halves) | a0 a1 a2 a3 (high halves)
+        let u1 = _mm256_hadd_ps(t2, t3);
+        let lo = _mm256_permute2f128_ps(u0, u1, 0x20);
+        let hi = _mm256_permute2f128_ps(u0, u1, 0x31);
+        _mm256_add_ps(lo, hi)
     }
 
-    /// Query rows scored against one key row at once: the key is converted once for R accumulators.
+    /// R query rows scored against C key rows at once (R * C <= 8 independent accumulators, so the FMAs do not
+    /// wait on each other's latency; each key chunk is converted once for the R rows). Result lane r * C + c.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn score_rows<const R: usize>(q: *const f32, hd: usize, k: CacheRows, st: usize) -> [f32; R] {
+    unsafe fn score_block<const R: usize, const C: usize>(
+        q: *const f32,
+        hd: usize,
+        k: CacheRows,
+        st: &[usize],
+    ) -> [f32; 8] {
         unsafe {
-            let mut acc = [_mm256_setzero_ps(); R];
+            let mut acc = [_mm256_setzero_ps(); 8];
             for i in (0..hd).step_by(8) {
-                let kv = load8(k, st + i);
-                for (r, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(r * hd + i)), kv, *a);
+                let mut kv = [_mm256_setzero_ps(); C];
+                for (c, kc) in kv.iter_mut().enumerate() {
+                    *kc = load8(k, st[c] + i);
+                }
+                for r in 0..R {
+                    let qv = _mm256_loadu_ps(q.add(r * hd + i));
+                    for (c, kc) in kv.iter().enumerate() {
+                        acc[r * C + c] = _mm256_fmadd_ps(qv, *kc, acc[r * C + c]);
+                    }
                 }
             }
-            acc.map(|a| hsum(a))
+            let mut out = [0f32; 8];
+            _mm256_storeu_ps(out.as_mut_ptr(), hsum8(acc));
+            out
         }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn scores(q: &[f32], k: CacheRows, starts: &[usize], hd: usize, out: &mut [f32]) {
+    pub unsafe fn scores(q: &[f32], k: CacheRows, starts: &[usize], ahead: &[usize], hd: usize, out: &mut [f32]) {
         let (g, n) = (q.len() / hd, starts.len());
-        for (c, &st) in starts.iter().enumerate() {
+        let mut c = 0;
+        while c < n {
+            // Two key rows at a time (one for an odd last).
+            let nc = (n - c).min(2);
+            for a in c..c + nc {
+                super::prefetch_rows(k, ahead.get(a).copied().into_iter(), hd);
+            }
+            let st = &starts[c..c + nc];
             let mut j = 0;
             while j < g {
-                // SAFETY: rows j..j + R of q exist; the key row is inside k (both checked by the caller).
+                let r = (g - j).min(4);
+                // SAFETY: rows j..j + r of q exist; the key rows are inside k (both checked by the caller).
                 let qj = unsafe { q.as_ptr().add(j * hd) };
-                let got: &[f32] = match g - j {
-                    1 => &unsafe { score_rows::<1>(qj, hd, k, st) },
-                    2 => &unsafe { score_rows::<2>(qj, hd, k, st) },
-                    3 => &unsafe { score_rows::<3>(qj, hd, k, st) },
-                    _ => &unsafe { score_rows::<4>(qj, hd, k, st) },
+                let got = unsafe {
+                    match (r, nc) {
+                        (1, 1) => score_block::<1, 1>(qj, hd, k, st),
+                        (2, 1) => score_block::<2, 1>(qj, hd, k, st),
+                        (3, 1) => score_block::<3, 1>(qj, hd, k, st),
+                        (_, 1) => score_block::<4, 1>(qj, hd, k, st),
+                        (1, _) => score_block::<1, 2>(qj, hd, k, st),
+                        (2, _) => score_block::<2, 2>(qj, hd, k, st),
+                        (3, _) => score_block::<3, 2>(qj, hd, k, st),
+                        _ => score_block::<4, 2>(qj, hd, k, st),
+                    }
                 };
-                for (r, &x) in got.iter().enumerate() {
-                    out[(j + r) * n + c] = x;
+                for rr in 0..r {
+                    for cc in 0..nc {
+                        out[(j + rr) * n + c + cc] = got[rr * nc + cc];
+                    }
                 }
-                j += got.len();
+                j += r;
             }
+            c += nc;
         }
     }
 
@@ -285,7 +380,7 @@ mod x86 {
         acc: *mut f32,
         p: *const f32,
         v: CacheRows,
-        starts: &[usize],
+        (starts, ahead): (&[usize], &[usize]),
         hd: usize,
         d: usize,
     ) {
@@ -297,6 +392,7 @@ mod x86 {
                 ar[1] = _mm256_loadu_ps(acc.add(r * hd + d + 8));
             }
             for (c, &st) in starts.iter().enumerate() {
+                super::prefetch_rows(v, ahead.get(c).copied().into_iter(), hd);
                 let (v0, v1) = (load8(v, st + d), load8(v, st + d + 8));
                 for (r, ar) in a.iter_mut().enumerate() {
                     let w = _mm256_set1_ps(*p.add(r * n + c));
@@ -312,7 +408,7 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn accumulate(acc: &mut [f32], p: &[f32], v: CacheRows, starts: &[usize], hd: usize) {
+    pub unsafe fn accumulate(acc: &mut [f32], p: &[f32], v: CacheRows, starts: &[usize], ahead: &[usize], hd: usize) {
         let (g, n) = (acc.len() / hd, starts.len());
         let mut j = 0;
         while j < g {
@@ -321,12 +417,14 @@ mod x86 {
             // d + 16 <= hd.
             let (aj, pj) = unsafe { (acc.as_mut_ptr().add(j * hd), p.as_ptr().add(j * n)) };
             for d in (0..hd).step_by(16) {
+                // The fetches go with the first pass over the rows only.
+                let rows = (starts, if j == 0 && d == 0 { ahead } else { &[][..] });
                 unsafe {
                     match r {
-                        1 => accumulate_rows::<1>(aj, pj, v, starts, hd, d),
-                        2 => accumulate_rows::<2>(aj, pj, v, starts, hd, d),
-                        3 => accumulate_rows::<3>(aj, pj, v, starts, hd, d),
-                        _ => accumulate_rows::<4>(aj, pj, v, starts, hd, d),
+                        1 => accumulate_rows::<1>(aj, pj, v, rows, hd, d),
+                        2 => accumulate_rows::<2>(aj, pj, v, rows, hd, d),
+                        3 => accumulate_rows::<3>(aj, pj, v, rows, hd, d),
+                        _ => accumulate_rows::<4>(aj, pj, v, rows, hd, d),
                     }
                 }
             }

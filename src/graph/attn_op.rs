@@ -102,6 +102,8 @@ struct Scratch {
     cells: Vec<usize>,
     /// Where each of `cells`' rows of the KV head starts in the cache.
     starts: Vec<usize>,
+    /// The same for the next tile's cells, fetched into cache during this tile.
+    ahead: Vec<usize>,
 }
 
 fn cache<'s>(op: &'s CustomOpCtx, i: usize) -> CacheRows<'s> {
@@ -129,6 +131,7 @@ fn run(op: &CustomOpCtx, p: &CellAttnParams) {
         l: vec![0.0; rows_max],
         cells: Vec::with_capacity(TILE),
         starts: Vec::with_capacity(TILE),
+        ahead: Vec::with_capacity(TILE),
     };
     let ctx = Item {
         hd,
@@ -216,13 +219,19 @@ fn attend(
         if nv == 0 {
             continue;
         }
-        let next = (base + TILE..(base + 2 * TILE).min(cell_pos.len())).map(|c| c * it.row_len + off);
-        prefetch_rows(k, next.clone(), hd);
-        prefetch_rows(v, next, hd);
+        // The next tile's rows, fetched while this one is computed.
+        sc.ahead.clear();
+        sc.ahead
+            .extend((base + TILE..(base + 2 * TILE).min(cell_pos.len())).map(|c| c * it.row_len + off));
+        if sc.ahead.len() > nv {
+            // Fewer cells to compute on than rows to fetch (a tile at the window's edge): the rest at once.
+            prefetch_rows(k, sc.ahead[nv..].iter().copied(), hd);
+            prefetch_rows(v, sc.ahead[nv..].iter().copied(), hd);
+        }
         sc.starts.clear();
         sc.starts.extend(sc.cells.iter().map(|&c| c * it.row_len + off));
         let s = &mut sc.s[..nr * nv];
-        attn_scores(q, k, &sc.starts, hd, s);
+        attn_scores(q, k, &sc.starts, &sc.ahead, hd, s);
         for j in 0..nr {
             let sj = &mut s[j * nv..(j + 1) * nv];
             if !all_see {
@@ -247,7 +256,7 @@ fn attend(
             m[j] = m_new;
             l[j] += exp_shifted_sum(sj, m_new);
         }
-        attn_accumulate(acc, s, v, &sc.starts, hd);
+        attn_accumulate(acc, s, v, &sc.starts, &sc.ahead, hd);
     }
     for (j, (_, o)) in out.iter_mut().enumerate() {
         // l > 0 whenever a cell was visible (a query always sees its own); else the row is all zeros.
