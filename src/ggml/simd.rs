@@ -1,8 +1,8 @@
 //! Small kernels for the attention op (src/graph/attn_op.rs), picked at run time: Rust code is otherwise limited
 //! to SSE2 whatever build.rs's `-march` choice for ggml. The scores and accumulate kernels are AVX2/FMA/F16C
 //! intrinsics (module `x86`) that read f32 or f16 cache rows in place, with a portable fallback that converts
-//! each row with ggml's `ggml_cpu_fp16_to_fp32`; the softmax exp is a plain loop compiled twice (baseline and
-//! AVX2+FMA) that LLVM vectorises.
+//! each row with ggml's `ggml_cpu_fp16_to_fp32`; the softmax exp is a polynomial, as AVX2/FMA intrinsics on 8
+//! lanes with a scalar version for the tail and for other CPUs.
 
 use super::sys;
 
@@ -243,7 +243,7 @@ fn exp_sum_body(x: &mut [f32], m: f32) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-/// exp(x) without branches, so that a loop over it vectorises.
+/// exp(x), the scalar form of `exp_sum_avx2`'s lanes (same constants, same results): the tail and other CPUs.
 #[inline(always)]
 fn exp_poly(x: f32) -> f32 {
     // clamp keeps NaN, which then poisons the result.
