@@ -67,11 +67,7 @@ mod x86 {
     use super::{BLOCK, ROWS};
     use std::arch::x86_64::*;
 
-    pub fn supported() -> bool {
-        std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-    }
+    pub use crate::ggml::simd::x86::supported;
 
     /// Eight unsigned bytes at the bottom of `v` as f32.
     #[inline]

@@ -265,10 +265,11 @@ fn exp_poly(x: f32) -> f32 {
 /// The AVX2 kernels of the attention op. They read the cache rows in place (F16C converts f16 on load), so no
 /// row is copied: converting each row into a scratch tile first cost more than the arithmetic.
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use super::CacheRows;
     use std::arch::x86_64::*;
 
+    /// Whether this CPU runs the kernels here (and those of `q4_axpy`): AVX2, FMA and F16C.
     pub fn supported() -> bool {
         std::is_x86_feature_detected!("avx2")
             && std::is_x86_feature_detected!("fma")
