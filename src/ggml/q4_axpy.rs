@@ -50,18 +50,6 @@ pub fn q4_0_axpy(out: &mut [f32], c: &[f32], rows: &[&[u8]]) {
     }
 }
 
-/// Asks the CPU to start fetching `row` into cache without waiting: the sparse op reads the rows of active
-/// neurons, short runs at irregular gaps that the hardware prefetchers pick up too late.
-pub fn prefetch(row: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in (0..row.len()).step_by(64) {
-        // SAFETY: the address is inside the slice; a prefetch never faults anyway.
-        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(row.as_ptr().add(line).cast()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = row;
-}
-
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{BLOCK, ROWS};

@@ -110,18 +110,30 @@ pub fn prefetch_rows(rows: CacheRows, starts: impl Iterator<Item = usize>, hd: u
             CacheRows::F16(d) => (d.as_ptr().cast::<u8>(), 2, d.len()),
         };
         for st in starts.filter(|&st| st.checked_add(hd).is_some_and(|e| e <= len)) {
-            for line in (0..hd * size).step_by(64) {
-                // SAFETY: the address is inside the slice (checked above); a prefetch never faults anyway.
-                unsafe {
-                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                        base.add(st * size + line).cast(),
-                    )
-                };
-            }
+            // SAFETY: the row lies inside the slice (checked above).
+            prefetch_lines(unsafe { base.add(st * size) }, hd * size);
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (rows, starts, hd);
+}
+
+/// Asks the CPU to start fetching `bytes` into cache without waiting (rows read at irregular gaps, which the
+/// hardware prefetchers pick up too late).
+pub fn prefetch_bytes(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    prefetch_lines(bytes.as_ptr(), bytes.len());
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
+}
+
+/// A prefetch of every 64-byte line of `len` bytes at `p`; the caller keeps them inside one allocation.
+#[cfg(target_arch = "x86_64")]
+fn prefetch_lines(p: *const u8, len: usize) {
+    for line in (0..len).step_by(64) {
+        // SAFETY: a prefetch never faults, and wrapping_add makes no claim that the address is in bounds.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.wrapping_add(line).cast()) };
+    }
 }
 
 /// `x[i] = exp(x[i] - m)` for every element, returning their sum: the online softmax's inner step.

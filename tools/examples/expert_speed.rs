@@ -13,9 +13,10 @@
 
 use std::time::Instant;
 
-use smallthinker::ggml::q4_axpy::{prefetch, q4_0_axpy};
+use smallthinker::ggml::q4_axpy::q4_0_axpy;
 use smallthinker::ggml::q4x8::{interleave, Gemv};
 use smallthinker::ggml::rows::{axpy_row, AlignedBytes, RowDequant, RowDot, RowQuant};
+use smallthinker::ggml::simd::prefetch_bytes as prefetch;
 use smallthinker::gguf::GgmlType;
 
 struct Expert {
