@@ -1,7 +1,8 @@
 //! Q4_0 matrices in ggml's interleaved 8-row layout (`block_q4_0x8`, what its CPU_REPACK buffer holds), built
-//! here from the file's bytes, and ggml's GEMV over that layout. The expert cache interleaves each slot once it
-//! is read, so capped experts run the kernel (and give the results) of the uncapped path, whose experts ggml
-//! repacks at load: eight rows per pass share each activation block, where a row-at-a-time `vec_dot` reloads it.
+//! here from the file's bytes, and the GEMV and GEMM over that layout: ggml's, and ours (`q4x8_gemm`, the same
+//! results bit for bit). The expert cache interleaves each slot once it is read, so capped experts run the kernel
+//! (and give the results) of the uncapped path, whose experts ggml repacks at load: eight rows per pass share
+//! each activation block, where a row-at-a-time `vec_dot` reloads it.
 //!
 //! The layout, per group of 8 rows and per block column `x`: the 8 rows' f16 scales, then 16 chunks of 8 bytes,
 //! chunk `c` being bytes `(c / 8) * 8 ..` of row `c % 8`'s quants, each nibble offset by 8 (xor 0x88), so
@@ -100,8 +101,14 @@ impl Gemv {
         rows * self.n / 32 * BLOCK
     }
 
-    /// `w` holds `out.len()` interleaved rows (whole groups); `x` one Q8_0 row of `n`.
+    /// `w` holds `out.len()` interleaved rows (whole groups); `x` one Q8_0 row of `n`. Runs our GEMV
+    /// ([`super::q4x8_gemm::gemv`]), which gives ggml's results bit for bit at about twice its speed hot in cache.
     pub fn run(&self, w: &[u8], x: &[u8], out: &mut [f32]) {
+        super::q4x8_gemm::gemv(w, self.n, x, out)
+    }
+
+    /// [`run`](Self::run) on ggml's own kernel (the reference the tests and the speed tools compare with).
+    pub fn run_ggml(&self, w: &[u8], x: &[u8], out: &mut [f32]) {
         let rows = out.len();
         assert!(
             rows % ROWS == 0 && w.len() == self.w_len(rows) && x.len() == self.x_len(),
@@ -184,11 +191,12 @@ impl Gemv {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::ggml::rows::{AlignedBytes, RowDot, RowQuant};
 
-    fn random(n: usize, seed: u32) -> Vec<f32> {
+    /// Deterministic values in [-0.5, 0.5) (also used by `q4x8_gemm`'s tests).
+    pub(crate) fn random(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed;
         (0..n)
             .map(|_| {
@@ -224,7 +232,7 @@ mod tests {
         interleave(w.as_mut_slice(), n, &mut Vec::new());
         assert_ne!(w.as_slice(), &file[..], "the layout changed");
         let mut got = vec![0f32; rows];
-        gemv.run(w.as_slice(), x.as_slice(), &mut got);
+        gemv.run_ggml(w.as_slice(), x.as_slice(), &mut got);
         for (r, (g, e)) in got.iter().zip(&want).enumerate() {
             assert!((g - e).abs() <= 1e-4 * e.abs().max(1.0), "row {r}: {g} vs {e}");
         }
@@ -261,7 +269,7 @@ mod tests {
         for r in 0..nr {
             xq.run(&xs[r * n..(r + 1) * n], xr.as_mut_slice());
             let mut want = vec![0f32; rows];
-            gemv.run(w.as_slice(), xr.as_slice(), &mut want);
+            gemv.run_ggml(w.as_slice(), xr.as_slice(), &mut want);
             assert_eq!(
                 &all[r * bs..r * bs + rows],
                 &want[..],
