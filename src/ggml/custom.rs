@@ -65,6 +65,19 @@ impl<'a> Iterator for DstRows<'a> {
     }
 }
 
+impl<'a> DstRows<'a> {
+    /// The rows not yet yielded as one slice `[rows][ne0]` (they are consecutive in the destination), with
+    /// their indices.
+    pub fn into_block(self) -> (Range<usize>, &'a mut [f32]) {
+        // SAFETY: as for `next`: the rows are this thread's disjoint share of the contiguous destination, and
+        // `self` is consumed, so none of them is yielded again.
+        let block = unsafe {
+            std::slice::from_raw_parts_mut(self.data.add(self.rows.start * self.ne0), self.rows.len() * self.ne0)
+        };
+        (self.rows, block)
+    }
+}
+
 impl CustomOpCtx {
     /// This thread's index, `0..nth`.
     pub fn ith(&self) -> usize {

@@ -67,6 +67,19 @@ impl<'ctx> Tensor<'ctx> {
         self.readonly
     }
 
+    /// Whether the data lives in ggml's CPU_REPACK buffer, i.e. in the interleaved 8-row layout of
+    /// [`super::q4x8`] rather than the file's.
+    pub fn is_repacked(self) -> bool {
+        let b = self.raw().buffer;
+        if b.is_null() {
+            return false;
+        }
+        // SAFETY: a tensor's buffer lives as long as the tensor (it holds the data); buffer types and their
+        // names are statics of the backend.
+        let name = unsafe { CStr::from_ptr(sys::ggml_backend_buft_name(sys::ggml_backend_buffer_get_type(b))) };
+        name.to_bytes() == b"CPU_REPACK"
+    }
+
     pub(crate) fn is_readonly(self) -> bool {
         self.readonly
     }

@@ -11,6 +11,7 @@
 //! `wo` run over all rows, the store and read run per sequence against its own cache, on views of its rows.
 
 use super::attn_op::{attn_cells, CellAttnParams};
+use super::linear::linear;
 use crate::ggml::{Context, Graph, Prec, RopeParams, Tensor};
 
 /// The attention projections of one layer (no biases in SmallThinker).
@@ -121,9 +122,9 @@ pub fn attention<'a>(
         "attention: the sequences do not cover the {n_tokens} rows in order"
     );
 
-    let q = ctx.reshape_3d(ctx.mul_mat(w.wq, cur), hd, n_head, n_tokens); // [hd, n_head, n_tokens]
-    let k = ctx.reshape_3d(ctx.mul_mat(w.wk, cur), hd, n_head_kv, n_tokens); // [hd, n_head_kv, n_tokens]
-    let v = ctx.mul_mat(w.wv, cur); // [hd * n_head_kv, n_tokens]
+    let q = ctx.reshape_3d(linear(ctx, w.wq, cur), hd, n_head, n_tokens); // [hd, n_head, n_tokens]
+    let k = ctx.reshape_3d(linear(ctx, w.wk, cur), hd, n_head_kv, n_tokens); // [hd, n_head_kv, n_tokens]
+    let v = linear(ctx, w.wv, cur); // [hd * n_head_kv, n_tokens]
     let (q, k) = match p.rope {
         Some(rope) => (ctx.rope_ext(q, pos, None, rope), ctx.rope_ext(k, pos, None, rope)),
         None => (q, k),
@@ -157,7 +158,7 @@ pub fn attention<'a>(
         }
     };
     let cur = ctx.reshape_2d(kqv, hd * n_head, n_tokens).format_name("kqv_out", il);
-    ctx.mul_mat(w.wo, cur).format_name("attn_out", il) // [n_embd, n_tokens]
+    linear(ctx, w.wo, cur).format_name("attn_out", il) // [n_embd, n_tokens]
 }
 
 /// One sequence: `q [hd, n_head, n]`, `k [hd, n_head_kv, n]`, `v [hd * n_head_kv, n]` -> `[hd, n_head, n]`.

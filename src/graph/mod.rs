@@ -10,6 +10,7 @@ pub mod attn_op;
 pub mod expert_cache;
 pub mod expert_io;
 mod expert_uring;
+pub mod linear;
 pub mod moe;
 mod sparse_batched;
 mod sparse_kernel;
@@ -20,6 +21,7 @@ pub use attention::{attention, AttnInputs, AttnKernel, AttnParams, AttnWeights, 
 pub use attn_op::{attn_cells, CellAttnParams};
 pub use expert_cache::{CacheParams, CachePolicy, CacheStats, ExpertCache, ExpertExtents};
 pub use expert_io::{ExpertFile, ExpertReadError, Extent, IoBackend, ReadPlan};
+pub use linear::linear;
 pub use moe::{moe_ffn, MoeWeights};
 pub use sparse_moe::{DownType, MoeStats, RouteEvent, RouteHook, SparseMoe, SparseMoeError, SparseParams, N_PARTS};
 

@@ -3,21 +3,22 @@
 //!
 //! ggml's repacked mul_mat_id runs a GEMV per (token, expert) row, so a prompt reads each expert's weights once
 //! per token routed to it. Here the `k * n_out` (token, slot) rows are sorted by expert, and each expert's rows
-//! go through ggml's GEMM in groups of [`XROWS`] over chunks of [`CHUNK`] weight rows that stay in cache: the
-//! weights are read once per expert and thread. ggml's GEMM gives each row exactly what its GEMV gives
-//! (`q4x8::tests::gemm_rows_equal_gemv`), so the result equals the per-token path bit for bit.
+//! go through our GEMM (`ggml::q4x8_gemm`, about twice ggml's) over chunks of [`CHUNK`] weight rows that stay in
+//! cache: the weights are read once per expert and thread. The GEMM gives each row exactly what ggml's GEMV
+//! gives it (`q4x8_gemm::tests::gemm_equals_ggml_gemv_per_token`), so the result equals the per-token path bit
+//! for bit, and a run of one row simply takes the GEMV.
 //!
 //! Destination rows are in sorted order, so each thread takes a contiguous share (ggml's split) and an expert's
-//! rows are mostly one thread's. Groups are aligned to the start of each expert's run on every thread, and the
-//! run's last rows that do not fill a group go through the GEMV, so no row's kernel depends on the split.
-//! [`sorted_sum_op`] weights and sums each token's k rows in slot order.
+//! rows are mostly one thread's; no row's result depends on the split. [`sorted_sum_op`] weights and sums each
+//! token's k rows in slot order.
 
 use std::sync::atomic::Ordering;
 
 use super::expert_cache::ExpertCache;
 use super::sparse_moe::LayerState;
 use super::sparse_native::{interleaved_expert, Interleaved, Scratch};
-use crate::ggml::q4x8::{ROWS, XROWS};
+use crate::ggml::q4x8::ROWS;
+use crate::ggml::q4x8_gemm::{gemm, PackedRows};
 use crate::ggml::rows::{AlignedBytes, RowQuant};
 use crate::ggml::CustomOpCtx;
 
@@ -91,7 +92,7 @@ pub(super) fn batched_expert_op(
     drop(ids);
     runs.sort_unstable();
 
-    let mut s = BatchScratch::new(x8, n_embd, n_ff, l.gate_q.len(), l.p.n_expert_used as usize);
+    let mut s = BatchScratch::new(x8, n_embd, n_ff, l.gate_q.len());
     let (mut active, mut total) = (0u64, 0u64);
     let token = |i: usize| order[i] as usize / k;
     for (_, e, a, b) in runs {
@@ -123,29 +124,24 @@ pub(super) fn batched_expert_op(
             }
         };
         let (lo, hi) = (a.max(r0), b.min(r1));
-        let full_end = a + (b - a) / XROWS * XROWS;
-        // Whole groups that hold one of this thread's rows, computed whole.
-        let g0 = a + (lo - a) / XROWS * XROWS;
-        let g1 = full_end.min(a + (hi - a).div_ceil(XROWS) * XROWS);
-        if g0 < g1 {
-            let xs: Vec<&[f32]> = (g0..g1).map(|i| op.src_row(0, token(i))).collect();
-            active += s.gemm_rows(x8, [gate, up, down], &xs);
-            total += ((g1 - g0) * n_ff) as u64;
-            for i in lo.max(g0)..hi.min(g1) {
-                let j = i - g0;
+        if hi - lo > 1 {
+            let xs = (lo..hi).map(|i| op.src_row(0, token(i)));
+            active += s.gemm_rows(x8, [gate, up, down], xs);
+            total += ((hi - lo) * n_ff) as u64;
+            for i in lo..hi {
+                let j = i - lo;
                 rows[i - r0].1.copy_from_slice(&s.y[j * n_embd..(j + 1) * n_embd]);
             }
-        }
-        // The run's tail (fewer rows than a group): one GEMV per row.
-        for i in lo.max(full_end)..hi {
-            l.gate_q.run(op.src_row(0, token(i)), s.xq.as_mut_slice());
+        } else {
+            // One row: the GEMV, which gives what the GEMM gives it.
+            l.gate_q.run(op.src_row(0, token(lo)), s.xq.as_mut_slice());
             let scratch = Scratch {
                 g: &mut s.g[..n_ff],
                 h: &mut s.h[..n_ff],
                 hq: &mut s.hq,
             };
             let xq = s.xq.as_slice();
-            active += interleaved_expert(x8, [gate, up, down], [xq, xq], h_q, scratch, rows[i - r0].1);
+            active += interleaved_expert(x8, [gate, up, down], [xq, xq], h_q, scratch, rows[lo - r0].1);
             total += n_ff as u64;
         }
     }
@@ -157,54 +153,50 @@ pub(super) fn batched_expert_op(
 struct BatchScratch {
     n_embd: usize,
     n_ff: usize,
-    /// Gathered activations `[rows][n_embd]`, their groups, gate and up outputs `[rows][n_ff]`, the hidden
-    /// vectors' groups, and the down outputs `[rows][n_embd]`.
-    x: Vec<f32>,
-    x4: Vec<u8>,
+    /// The run's activations and hidden vectors, packed for the GEMM; gate and up outputs `[rows][n_ff]`, and
+    /// the down outputs `[rows][n_embd]`.
+    xp: PackedRows,
+    hp: PackedRows,
     g: Vec<f32>,
     h: Vec<f32>,
-    h4: Vec<u8>,
     y: Vec<f32>,
-    /// One quantised activation row and hidden vector for the GEMV tail.
+    /// One quantised activation row and hidden vector for a one-row run.
     xq: AlignedBytes,
     hq: AlignedBytes,
 }
 
 impl BatchScratch {
-    fn new(x8: &Interleaved, n_embd: usize, n_ff: usize, x_len: usize, rows: usize) -> BatchScratch {
-        let rows = rows.max(XROWS);
+    fn new(x8: &Interleaved, n_embd: usize, n_ff: usize, x_len: usize) -> BatchScratch {
         BatchScratch {
             n_embd,
             n_ff,
-            x: Vec::new(),
-            x4: Vec::new(),
-            g: vec![0.0; rows * n_ff],
-            h: vec![0.0; rows * n_ff],
-            h4: Vec::new(),
+            xp: PackedRows::new(n_embd),
+            hp: PackedRows::new(n_ff),
+            g: vec![0.0; n_ff],
+            h: vec![0.0; n_ff],
             y: Vec::new(),
             xq: AlignedBytes::zeroed(x_len),
             hq: AlignedBytes::zeroed(x8.down.x_len()),
         }
     }
 
-    /// One expert on `xs` (a multiple of [`XROWS`] activation rows): `y` gets the unweighted outputs.
-    /// Returns the active neurons.
-    fn gemm_rows(&mut self, x8: &Interleaved, [gate, up, down]: [&[u8]; 3], xs: &[&[f32]]) -> u64 {
+    /// One expert on the activation rows `xs`: `y` gets the unweighted outputs. Returns the active neurons.
+    fn gemm_rows<'a>(
+        &mut self,
+        x8: &Interleaved,
+        [gate, up, down]: [&[u8]; 3],
+        xs: impl ExactSizeIterator<Item = &'a [f32]>,
+    ) -> u64 {
         let (n_embd, n_ff, n) = (self.n_embd, self.n_ff, xs.len());
-        let groups = n / XROWS;
-        self.x.clear();
-        for x in xs {
-            self.x.extend_from_slice(x);
-        }
-        quantize_groups(&x8.gate_up, &self.x, groups, &mut self.x4);
+        self.xp.pack(xs);
         self.g.resize(n * n_ff, 0.0);
         self.h.resize(n * n_ff, 0.0);
         let gu_group = x8.gate_up.w_len(ROWS);
         for c in (0..n_ff).step_by(CHUNK) {
             let m = CHUNK.min(n_ff - c);
             let w = c / ROWS * gu_group..(c + m) / ROWS * gu_group;
-            x8.gate_up.gemm(&gate[w.clone()], &self.x4, m, &mut self.g[c..], n_ff);
-            x8.gate_up.gemm(&up[w], &self.x4, m, &mut self.h[c..], n_ff);
+            gemm(&gate[w.clone()], m, &self.xp, &mut self.g[c..], n_ff);
+            gemm(&up[w], m, &self.xp, &mut self.h[c..], n_ff);
         }
         let mut active = 0;
         for (hj, &gj) in self.h.iter_mut().zip(&self.g) {
@@ -215,25 +207,15 @@ impl BatchScratch {
                 0.0
             };
         }
-        quantize_groups(&x8.down, &self.h, groups, &mut self.h4);
+        self.hp.pack(self.h.chunks_exact(n_ff));
         self.y.resize(n * n_embd, 0.0);
         let d_group = x8.down.w_len(ROWS);
         for c in (0..n_embd).step_by(CHUNK) {
             let m = CHUNK.min(n_embd - c);
             let w = &down[c / ROWS * d_group..(c + m) / ROWS * d_group];
-            x8.down.gemm(w, &self.h4, m, &mut self.y[c..], n_embd);
+            gemm(w, m, &self.hp, &mut self.y[c..], n_embd);
         }
         active
-    }
-}
-
-/// `x` (`groups * XROWS` rows) into `out` as the GEMM's activation groups.
-fn quantize_groups(q: &crate::ggml::q4x8::Gemv, x: &[f32], groups: usize, out: &mut Vec<u8>) {
-    let one = q.x4_len(1);
-    out.resize(groups * one, 0);
-    let n = x.len() / (groups * XROWS).max(1);
-    for (g, o) in out.chunks_exact_mut(one).enumerate() {
-        q.quantize_x4(&x[g * XROWS * n..(g + 1) * XROWS * n], o);
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::{Hparams, KvCache, Model};
 use crate::ggml::{Context, Graph, RopeParams, Tensor};
-use crate::graph::{attention, moe_ffn, rms_norm_w, AttnInputs, AttnParams, SeqAttn, SparseMoe};
+use crate::graph::{attention, linear, moe_ffn, rms_norm_w, AttnInputs, AttnParams, SeqAttn, SparseMoe};
 
 /// The host-set inputs of one evaluation: a batch of rows from one or more sequences.
 pub struct GraphInputs<'a, 'b> {
@@ -74,7 +74,7 @@ pub fn build<'a>(
 
         // SmallThinker: the router reads the raw layer input, before attn_norm (so experts can be prefetched).
         // [n_expert, n_tokens]
-        let mut router_logits = ctx.mul_mat(l.ffn_gate_inp, inp_l).format_name("ffn_moe_logits", ilc);
+        let mut router_logits = linear(ctx, l.ffn_gate_inp, inp_l).format_name("ffn_moe_logits", ilc);
         // Sparse path: gating and top-k here, before attention, publishing the expert ids (graph::sparse_moe).
         let route = sparse.map(|s| s.route(ctx, gf, router_logits, il)); // [k, n_tokens]
                                                                          // With an expert cache: later layers' routers on this input start their experts' reads early.
@@ -118,5 +118,5 @@ pub fn build<'a>(
 
     let cur = rms_norm_w(ctx, inp_l, m.output_norm, eps).format_name("result_norm", -1);
     // lm_head: output.weight, or token_embd when tied.
-    ctx.mul_mat(m.output, cur).format_name("result_output", -1) // [n_vocab, n_outputs]
+    linear(ctx, m.output, cur).format_name("result_output", -1) // [n_vocab, n_outputs]
 }
