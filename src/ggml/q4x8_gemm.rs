@@ -261,7 +261,7 @@ mod x86 {
                     let q = x.as_ptr().add(b * Q8_BLOCK + 2);
                     let a = |o: usize| _mm256_set1_epi64x((q.add(o) as *const i64).read_unaligned());
                     let (a0, a8, a16, a24) = (a(0), a(8), a(16), a(24));
-                    // Rows 4h..4h + 4: [r, r] partial sums per row, as in `Tile::run`.
+                    // Rows 4h..4h + 4: four 16-bit partial sums per row, as in `Tile::run`.
                     let half = |h: usize| {
                         let v0 = _mm256_xor_si256(_mm256_loadu_si256(blk.add(16 + 32 * h).cast()), x88);
                         let v1 = _mm256_xor_si256(_mm256_loadu_si256(blk.add(80 + 32 * h).cast()), x88);
@@ -273,9 +273,9 @@ mod x86 {
                             _mm256_maddubs_epi16(_mm256_and_si256(v1, m4), a8),
                             _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v1, 4), m4), a24),
                         );
-                        _mm256_madd_epi16(_mm256_add_epi16(s01, s23), ones)
+                        _mm256_add_epi16(s01, s23)
                     };
-                    let sums = _mm256_hadd_epi32(half(0), half(1));
+                    let sums = _mm256_madd_epi16(_mm256_hadd_epi16(half(0), half(1)), ones);
                     let i = _mm256_sub_epi32(sums, _mm256_set1_epi32(corr));
                     let d = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_loadu_si128(blk.cast())), lanes);
                     let s = _mm256_mul_ps(d, _mm256_set1_ps(da));
@@ -331,13 +331,14 @@ mod x86 {
                             _mm256_add_epi16(_mm256_maddubs_epi16(wq[0], a(0)), _mm256_maddubs_epi16(wq[1], a(16)));
                         let s23 =
                             _mm256_add_epi16(_mm256_maddubs_epi16(wq[2], a(8)), _mm256_maddubs_epi16(wq[3], a(24)));
-                        // [r0, r0, r1, r1, r2, r2, r3, r3]: two partial sums per row.
-                        _mm256_madd_epi16(_mm256_add_epi16(s01, s23), ones)
+                        // Four 16-bit partial sums per row, rows 0, 1 | 2, 3; each at most 4 * 2 * 15 * 128, so
+                        // that two of them still fit when `hadd` joins them.
+                        _mm256_add_epi16(s01, s23)
                     };
                     for (p, acc) in acc.iter_mut().enumerate() {
                         let xb = self.x.as_ptr().add(p * stride + b * PAIR_BLOCK);
                         // [r0 t0, r1 t0, r0 t1, r1 t1, r2 t0, r3 t0, r2 t1, r3 t1], less 8 * sum(a).
-                        let sums = _mm256_hadd_epi32(dot(xb), dot(xb.add(32)));
+                        let sums = _mm256_madd_epi16(_mm256_hadd_epi16(dot(xb), dot(xb.add(32))), ones);
                         let i = _mm256_sub_epi32(sums, _mm256_loadu_si256(xb.add(96).cast()));
                         let s = _mm256_mul_ps(dw, _mm256_loadu_ps(xb.add(64).cast()));
                         *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), s, *acc);

@@ -78,12 +78,18 @@ pub fn attn_cells<'a>(
         "attn_cells: q_pos {q_pos:?} is not I32 [{n_tokens}]"
     );
     let p = *p;
-    ctx.custom_4d(
+    // Head-major rows, so that ggml's contiguous split gives each thread whole heads over every token: split by
+    // token, a causal prompt's later half (one thread's share) has three times the cells of the first.
+    let heads = ctx.custom_4d(
         "attn_cells",
-        [hd, n_head, n_tokens, 1],
+        [hd, n_tokens, n_head, 1],
         &[q, k, v, cell_pos, q_pos],
         move |op| run(op, &p),
-    )
+    ); // [hd, n_tokens, n_head]
+    if n_tokens == 1 {
+        return ctx.reshape_3d(heads, hd, n_head, 1);
+    }
+    ctx.cont(ctx.permute(heads, [0, 2, 1, 3])) // [hd, n_head, n_tokens]
 }
 
 /// Query rows attended together at most (whole (token, KV head) groups, at least one): a block's rows share each
@@ -139,12 +145,15 @@ fn run(op: &CustomOpCtx, p: &CellAttnParams) {
         n_swa: p.n_swa,
         scale: p.kq_scale,
     };
-    // This thread's rows (one per (head, token), token-major), ordered by the KV head their heads share, then
+    // This thread's rows (one per (head, token), head-major), ordered by the KV head their heads share, then
     // token: a block is then a run of consecutive tokens of one KV head.
-    let token = |r: usize| r / n_head;
-    let kv_head = |r: usize| r % n_head / g;
+    let n_tokens = q_pos.len();
+    let token = |r: usize| r % n_tokens;
+    let kv_head = |r: usize| r / n_tokens / g;
+    // The row of q [hd, n_head, n_tokens] for destination row r.
+    let q_row = |r: usize| token(r) * n_head + r / n_tokens;
     let mut rows: Vec<(usize, &mut [f32])> = op.dst_rows().collect();
-    rows.sort_by_key(|&(r, _)| (kv_head(r), r));
+    rows.sort_by_key(|&(r, _)| (kv_head(r), token(r), r));
     let mut rest = rows.as_mut_slice();
     while let Some(&(r0, _)) = rest.first() {
         let kh = kv_head(r0);
@@ -163,7 +172,8 @@ fn run(op: &CustomOpCtx, p: &CellAttnParams) {
         }
         let (block, tail) = rest.split_at_mut(n);
         for (j, (r, _)) in block.iter().enumerate() {
-            sc.q[j * hd..(j + 1) * hd].copy_from_slice(&q_all[r * hd..(r + 1) * hd]);
+            let qr = q_row(*r);
+            sc.q[j * hd..(j + 1) * hd].copy_from_slice(&q_all[qr * hd..(qr + 1) * hd]);
             sc.p_q[j] = i64::from(q_pos[token(*r)]);
         }
         attend(&ctx, kh * hd, k, v, cell_pos, &mut sc, block);
