@@ -154,7 +154,7 @@ pub fn gemm(w: &[u8], rows: usize, x: &PackedRows, out: &mut [f32], bs: usize) {
 }
 
 /// `out[j] = dot(row j of w, x)` for the `out.len()` interleaved Q4_0 rows of `w` (whole groups of 8, rows of
-/// `n`) and one Q8_0 row `x` of `n`: ggml's GEMV (`q4x8::Gemv::run`), bit for bit, on this file's kernel. Each
+/// `n`) and one Q8_0 row `x` of `n`: ggml's GEMV (`q4x8::Gemv::run_ggml`), bit for bit, on this file's kernel. Each
 /// group's two halves meet in the `hadd` that two tokens share in [`gemm`].
 pub fn gemv(w: &[u8], n: usize, x: &[u8], out: &mut [f32]) {
     let (nb, rows) = (n / QK, out.len());

@@ -136,7 +136,7 @@ pub struct SparseParams {
     pub n_threads: usize,
     /// Experts come from this cache instead of the mapped tensors (requires [`DownType::Native`]).
     pub cache: Option<ExpertCache>,
-    /// The expert tensors are ggml's repacked (interleaved) Q4_0 ones: the op runs ggml's 8-row kernels on them
+    /// The expert tensors are ggml's repacked (interleaved) Q4_0 ones: the op runs the 8-row kernels on them
     /// (requires [`DownType::Native`]; with a cache, the cache says whether its slots are interleaved).
     pub repacked: bool,
     /// With a cache: how many layers ahead the lookahead routers hint (0: none; see [`SparseMoe::lookahead`]).
@@ -384,7 +384,7 @@ impl SparseMoe {
         let (n_embd, n_out) = (cur.ne()[0], cur.ne()[1]);
         let batched = n_out > 1 && l.native.as_ref().is_some_and(|nd| nd.x8.is_some());
         if batched {
-            // Several tokens on interleaved experts: rows sorted by expert through ggml's GEMM.
+            // Several tokens on interleaved experts: rows sorted by expert through our GEMM.
             let k = i64::from(l.p.n_expert_used);
             let mut args = vec![cur, w.gate_exps, w.up_exps, w.down_exps];
             args.extend(out_ids);

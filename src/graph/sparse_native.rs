@@ -20,7 +20,7 @@ use crate::ggml::CustomOpCtx;
 pub(super) struct NativeDown {
     pub dot: RowDot,
     pub h_q: RowQuant,
-    /// Set when the expert cache interleaves its slots: the products run as ggml's 8-row GEMVs instead.
+    /// Set when the expert cache interleaves its slots: the products run as the 8-row GEMV instead.
     pub x8: Option<Interleaved>,
 }
 

@@ -1,8 +1,9 @@
 //! Matrices in ggml's repacked layout (`crate::ggml::repackable`): attention projections, router and output,
-//! and optionally the experts, move into a CPU_REPACK buffer, whose AVX2 kernels multiply eight interleaved rows
-//! at a time, and their mapped pages are released, so the process holds one copy of each (llama.cpp keeps
-//! both). Repacked experts run the sparse expert op on ggml's 8-row kernels (`graph::sparse_batched`), or
-//! ggml's mul_mat_id with `--dense`; the expert cache reads the file's layout and interleaves its slots itself.
+//! and optionally the experts, move into a CPU_REPACK buffer, whose interleaved layout multiplies eight rows at
+//! a time, and their mapped pages are released, so the process holds one copy of each (llama.cpp keeps both).
+//! Their products run our 8-row kernels (`ggml::q4x8_gemm`): dense ones through `graph::linear`, experts
+//! through the sparse expert op (`graph::sparse_batched`), or ggml's mul_mat_id with `--dense`; the expert
+//! cache reads the file's layout and interleaves its slots itself.
 
 use super::{LayerWeights, LoadError, Model};
 use crate::ggml::{repackable, Context, Tensor};

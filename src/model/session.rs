@@ -125,8 +125,8 @@ impl MoeSetup {
         if params.dense {
             return dense("dense (--dense)".to_string());
         }
-        // Repacked experts (the default --repack all on Q4_0) are in ggml's interleaved layout: the op runs its
-        // 8-row kernels on them, for every batch size, with the results of ggml's mul_mat_id.
+        // Repacked experts (the default --repack all on Q4_0) are in ggml's interleaved layout: the op runs our
+        // 8-row kernels (ggml::q4x8_gemm) on them, for every batch size, with the results of ggml's mul_mat_id.
         let repacked = model.layers.iter().any(|l| !l.experts.gate_exps.is_borrowed());
         let hp = &model.hp;
         let experts: Vec<_> = model.layers.iter().map(|l| l.experts).collect();
@@ -142,8 +142,8 @@ impl MoeSetup {
                 Ok(s) => MoeSetup {
                     sparse: Some(Arc::new(s)),
                     sparse_max_batch: u32::MAX,
-                    description: "sparse on repacked experts (ggml's 8-row Q4_0 kernels: a GEMV per token \
-                                  and expert, a GEMM over each expert's tokens in a batch)"
+                    description: "sparse on repacked experts (interleaved 8-row Q4_0 kernels: a GEMV per \
+                                  token and expert, a GEMM over each expert's tokens in a batch)"
                         .into(),
                 },
                 Err(e) => dense(format!(
