@@ -1,5 +1,5 @@
 //! Misuse is a Rust panic or error, not a ggml abort; no_alloc contexts with CPU buffers and graph allocators;
-//! weights borrowed from a read-only memory map; vec_dot.
+//! weights borrowed from a read-only memory map; backends' worker pools; vec_dot.
 mod ggml_util;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -186,6 +186,72 @@ fn no_alloc_contexts_with_a_cpu_buffer_and_a_graph_allocator() {
     // the plain compute path gives the same result on the same allocated graph
     g.compute(1).unwrap();
     assert_close("compute after backend", &want, &cur.to_f32_vec().unwrap(), 1e-10);
+}
+
+/// `w [256, 64] x [256, 8]` on a CPU buffer and a graph allocator; returns its result for each thread count in
+/// `threads`, computed in that order on one backend, and then on a second backend of this thread.
+fn mul_mat_on_backends(seed: u64, threads: &[usize]) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let mut rng = Rng::new(seed);
+    let wctx = Context::new(ContextParams {
+        mem_size: 2 * Context::tensor_overhead(),
+        no_alloc: true,
+    })
+    .unwrap();
+    let w = wctx.new_tensor_2d(GgmlType::F32, 256, 64).set_name("w");
+    wctx.alloc_cpu_buffer().unwrap();
+    let wv = rng.vec(256 * 64);
+    w.set_f32(&wv).unwrap();
+    let cctx = Context::new(ContextParams {
+        mem_size: 8 * Context::tensor_overhead() + Context::graph_overhead(16),
+        no_alloc: true,
+    })
+    .unwrap();
+    let x = cctx.new_tensor_2d(GgmlType::F32, 256, 8).set_input();
+    let y = cctx.mul_mat(w, x).set_output();
+    let mut g = cctx.new_graph(16);
+    g.build_forward_expand(y);
+    cctx.allocate_graph(&g).unwrap();
+    let xv = rng.vec(256 * 8);
+    x.set_f32(&xv).unwrap();
+    let want = naive_mul_mat(&wv, [256, 64, 1, 1], &xv, [256, 8, 1, 1]);
+    let (a, b) = (CpuBackend::new().unwrap(), CpuBackend::new().unwrap());
+    let mut got = Vec::new();
+    for &n in threads {
+        a.set_n_threads(n);
+        g.compute_with_backend(&a).unwrap();
+        got.push(y.to_f32_vec().unwrap());
+    }
+    b.set_n_threads(2);
+    g.compute_with_backend(&b).unwrap();
+    got.push(y.to_f32_vec().unwrap());
+    (want, got)
+}
+
+/// Backends keep worker threads from one graph to the next (a pool per thread and thread count): switching a
+/// backend between counts, back to a pool it left (which ggml paused), to one thread, and two backends sharing
+/// a pool all compute the right product, and so do threads computing at the same time with pools of their own.
+#[test]
+fn backends_reuse_worker_pools_across_graphs_and_thread_counts() {
+    let (want, got) = mul_mat_on_backends(7, &[2, 2, 3, 2, 1, 2]);
+    for (i, y) in got.iter().enumerate() {
+        assert_close(&format!("compute {i}"), &want, y, 1e-10);
+    }
+    let workers: Vec<_> = (0..2)
+        .map(|t| {
+            std::thread::spawn(move || {
+                (0..20)
+                    .map(|r| mul_mat_on_backends(100 * t + r, &[2]))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for (t, h) in workers.into_iter().enumerate() {
+        for (r, (want, got)) in h.join().unwrap().into_iter().enumerate() {
+            for y in &got {
+                assert_close(&format!("thread {t}, round {r}"), &want, y, 1e-10);
+            }
+        }
+    }
 }
 
 #[test]

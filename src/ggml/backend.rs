@@ -1,5 +1,6 @@
 //! The CPU backend, backend buffers and graph allocators (for `no_alloc` contexts), and ggml's CPU type traits.
 
+use std::cell::{Cell, RefCell};
 use std::ptr::NonNull;
 
 use super::{from_sys_type, sys, to_sys_type, Context, GgmlError, Graph};
@@ -8,6 +9,55 @@ use crate::gguf::GgmlType;
 /// Owns a CPU `ggml_backend_t`; computes graphs with [`Graph::compute_with_backend`].
 pub struct CpuBackend {
     ptr: NonNull<sys::ggml_backend>,
+    n_threads: Cell<usize>,
+}
+
+/// Owns a `ggml_threadpool`: worker threads that live from one graph to the next. Without one, ggml creates and
+/// joins its threads for every graph, which is a thread start per decoded token, and on a busy or virtual machine
+/// a new thread can wait milliseconds for a core.
+struct Threadpool {
+    ptr: NonNull<sys::ggml_threadpool>,
+    n_threads: usize,
+}
+
+impl Drop for Threadpool {
+    fn drop(&mut self) {
+        // SAFETY: created by ggml_threadpool_new and freed once; no graph computes on it (it is this thread's and
+        // the thread is leaving). A backend that still names it never computes again on this thread.
+        unsafe { sys::ggml_threadpool_free(self.ptr.as_ptr()) };
+    }
+}
+
+/// How long an idle worker spins before it sleeps, in ggml's units of 128 Ki `pause`s. ggml's default, 50, keeps
+/// a core busy for a tenth of a second or more after every graph, which the process's other work (the expert
+/// reads, the server) or a parallel test would lose. 2 is a few milliseconds, about what libgomp spins by default
+/// (llama.cpp's threads are OpenMP's): it bridges the gap between decode steps (sampling, the next graph's build),
+/// and a longer idle time pays one wake-up.
+const POLL: u32 = 2;
+
+thread_local! {
+    /// This thread's pools, one per thread count asked for. Backends are not `Send`, so a backend always computes
+    /// on the thread that made it, and all the backends of a thread (the server's slots) share one pool: an idle
+    /// pool's spinning worker never competes with another backend's graph.
+    static POOLS: RefCell<Vec<Threadpool>> = const { RefCell::new(Vec::new()) };
+}
+
+/// This thread's pool of `n_threads` (at least 2), made on first use; None if ggml cannot make one.
+fn thread_pool(n_threads: usize) -> Option<NonNull<sys::ggml_threadpool>> {
+    POOLS.with_borrow_mut(|pools| {
+        if let Some(p) = pools.iter().find(|p| p.n_threads == n_threads) {
+            return Some(p.ptr);
+        }
+        let n = i32::try_from(n_threads).ok()?;
+        // SAFETY: plain constructors; ggml_threadpool_new returns null on failure.
+        let ptr = unsafe {
+            let mut params = sys::ggml_threadpool_params_default(n);
+            params.poll = POLL;
+            NonNull::new(sys::ggml_threadpool_new(&mut params))?
+        };
+        pools.push(Threadpool { ptr, n_threads });
+        Some(ptr)
+    })
 }
 
 /// ggml's messages below WARN (e.g. a line per repacked tensor) are dropped; warnings and errors go to stderr.
@@ -50,6 +100,7 @@ impl CpuBackend {
             ptr: NonNull::new(ptr).ok_or(GgmlError::Backend {
                 what: "ggml_backend_cpu_init",
             })?,
+            n_threads: Cell::new(1),
         })
     }
 
@@ -60,8 +111,23 @@ impl CpuBackend {
     /// Threads used by `compute_with_backend` (at least 1).
     pub fn set_n_threads(&self, n_threads: usize) {
         let n = i32::try_from(n_threads.max(1)).unwrap_or(i32::MAX);
+        self.n_threads.set(n as usize);
         // SAFETY: valid CPU backend.
         unsafe { sys::ggml_backend_cpu_set_n_threads(self.as_ptr(), n) };
+    }
+
+    /// Before each graph: the calling thread's pool for this backend's thread count (none for one thread, or if
+    /// ggml could not make one: then ggml makes threads for the graph, as it would without pools).
+    pub(crate) fn use_thread_pool(&self) {
+        let pool = match self.n_threads.get() {
+            n if n > 1 => thread_pool(n),
+            _ => None,
+        };
+        // SAFETY: valid CPU backend; the pool is alive until this thread ends, and the backend (not Send) is
+        // used only on this thread. ggml pauses the backend's previous pool, also this thread's, if it differs.
+        unsafe {
+            sys::ggml_backend_cpu_set_threadpool(self.as_ptr(), pool.map_or(std::ptr::null_mut(), NonNull::as_ptr))
+        };
     }
 }
 

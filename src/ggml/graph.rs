@@ -191,6 +191,7 @@ impl<'ctx> Graph<'ctx> {
     pub fn compute_with_backend(&self, backend: &CpuBackend) -> Result<(), GgmlError> {
         self.check_allocated()?;
         custom::reset_panics(self);
+        backend.use_thread_pool();
         // SAFETY: as in `compute`; the backend is alive for the call.
         let status = unsafe { sys::ggml_backend_graph_compute(backend.as_ptr(), self.as_ptr()) };
         custom::take_panic(self)?;
