@@ -14,6 +14,10 @@
 set -euo pipefail
 OUT=${1:-/work/bench}
 B=${SMALLTHINKER:-$(dirname "$0")/../target/release/smallthinker}
+if [ ! -s "$OUT/kjv.txt" ] && ! command -v bible > /dev/null; then
+    echo "tools/bench-models.sh: the expert profiles read the KJV bible from \`bible\`: apt-get install bible-kjv" >&2
+    exit 1
+fi
 mkdir -p "$OUT/synth"
 shift || true
 WANT=" $* "
@@ -32,7 +36,9 @@ gen st21b-skew 21b --routing-skew 0.25
 gen st21b 21b
 gen st4b-token 4b --token-routing
 gen st21b-token 21b --token-routing
-[ -s "$OUT/kjv.txt" ] || bible "gen1:1-rev22:21" > "$OUT/kjv.txt"
+if [ ! -s "$OUT/kjv.txt" ]; then
+    bible "gen1:1-rev22:21" > "$OUT/kjv.txt.tmp" && mv "$OUT/kjv.txt.tmp" "$OUT/kjv.txt"
+fi
 for name in st4b st4b-skew st4b-token st21b-skew st21b-token; do
     wanted "$name" || continue
     nice -n 10 "$B" profile-experts -m "$OUT/$name-q4_0-pure.gguf" -f "$OUT/kjv.txt" -n 2000 -t 2 \
