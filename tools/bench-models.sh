@@ -14,14 +14,17 @@
 set -euo pipefail
 OUT=${1:-/work/bench}
 B=${SMALLTHINKER:-$(dirname "$0")/../target/release/smallthinker}
-if [ ! -s "$OUT/kjv.txt" ] && ! command -v bible > /dev/null; then
+shift || true
+WANT=" $* "
+wanted() { [ "$WANT" = "  " ] || [[ "$WANT" == *" $1 "* ]]; }
+PROFILED="st4b st4b-skew st4b-token st21b-skew st21b-token"
+profiles=false
+for name in $PROFILED; do wanted "$name" && profiles=true; done
+if $profiles && [ ! -s "$OUT/kjv.txt" ] && ! command -v bible > /dev/null; then
     echo "tools/bench-models.sh: the expert profiles read the KJV bible from \`bible\`: apt-get install bible-kjv" >&2
     exit 1
 fi
 mkdir -p "$OUT/synth"
-shift || true
-WANT=" $* "
-wanted() { [ "$WANT" = "  " ] || [[ "$WANT" == *" $1 "* ]]; }
 gen() { # name shape flags...
     local name=$1 shape=$2
     shift 2
@@ -36,10 +39,10 @@ gen st21b-skew 21b --routing-skew 0.25
 gen st21b 21b
 gen st4b-token 4b --token-routing
 gen st21b-token 21b --token-routing
-if [ ! -s "$OUT/kjv.txt" ]; then
+if $profiles && [ ! -s "$OUT/kjv.txt" ]; then
     bible "gen1:1-rev22:21" > "$OUT/kjv.txt.tmp" && mv "$OUT/kjv.txt.tmp" "$OUT/kjv.txt"
 fi
-for name in st4b st4b-skew st4b-token st21b-skew st21b-token; do
+for name in $PROFILED; do
     wanted "$name" || continue
     nice -n 10 "$B" profile-experts -m "$OUT/$name-q4_0-pure.gguf" -f "$OUT/kjv.txt" -n 2000 -t 2 \
         -o "$OUT/$name.profile.json"
