@@ -9,9 +9,9 @@ flags; the workload is the one both document (prompt ids 1000.., decode ids 2000
 every run's JSON line to stderr, then a table of the medians over the rounds and the ratios ours / llama.cpp for
 prefill tok/s, decode tok/s and peak RSS (MiB), with each engine's lowest and highest speed over the rounds (a
 wide range means the machine was noisy: read the ratio with it). For speed a ratio above 1 means we are faster;
-for RSS below 1 means we use less. The decode roofline row is each engine's decode tok/s x the weight bytes a decode step reads
-(`weight_mb_per_token` of our bench) over the read bandwidth `smallthinker bench --read-bandwidth` measures in the
-same run. --json prints the summary as one JSON line instead of the table.
+for RSS below 1 means we use less. The decode roofline row is each engine's decode tok/s x the weight bytes a
+decode step reads (`weight_mb_per_token` of our bench) over the read bandwidth `smallthinker bench
+--read-bandwidth` measures in the same run. --json prints the summary as one JSON line instead of the table.
 
 The machine may be shared: alternating rounds spread background load over both engines, and the medians damp
 outliers, but figures from a busy machine remain noisy. Run with the page cache warm (a first pass of either engine
