@@ -72,6 +72,47 @@ fn custom_4d_with_three_sources_and_its_own_shape() {
     assert_close("custom_4d", &want, &got, 1e-12);
 }
 
+/// More threads than rows: rows cut into column chunks give every thread a share, and every value is written
+/// once, by the thread `chunk_items` names.
+#[test]
+fn column_chunks_share_two_rows_between_five_threads() {
+    let ctx = ctx();
+    let mut rng = Rng::new(33);
+    let (a, av) = rand_f32(&ctx, &[10, 2], &mut rng);
+    let shares = Arc::new(Mutex::new(Vec::new()));
+    let seen = shares.clone();
+    // out[r][c] = 2 a[r][c] + 100 * (the thread that wrote it)
+    let t = ctx.custom_4d("chunks", [10, 2, 1, 1], &[a], move |op| {
+        let mut items = Vec::new();
+        for (r, cols, out) in op.dst_chunks(4) {
+            assert_eq!(out.len(), cols.len());
+            for (o, c) in out.iter_mut().zip(cols.clone()) {
+                *o = 2.0 * op.src_row(0, r)[c] + 100.0 * op.ith() as f32;
+            }
+            items.push((r, cols));
+        }
+        seen.lock().unwrap().push((op.ith(), op.chunk_items(4), items));
+    });
+    let got = run(&ctx, t, 5);
+    let mut shares = shares.lock().unwrap().clone();
+    shares.sort_by_key(|s| s.0);
+    // 2 rows of 3 chunks (4, 4, 2 columns) = 6 items, ceil(6 / 5) = 2 per thread: threads 0-2 work, 3-4 idle.
+    let want_items = [
+        vec![(0, 0..4), (0, 4..8)],
+        vec![(0, 8..10), (1, 0..4)],
+        vec![(1, 4..8), (1, 8..10)],
+        vec![],
+        vec![],
+    ];
+    for (i, (ith, range, items)) in shares.iter().enumerate() {
+        assert_eq!(*ith, i);
+        assert_eq!(*items, want_items[i], "thread {i}'s items ({range:?})");
+    }
+    let writer = [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2];
+    let want: Vec<f32> = av.iter().zip(writer).map(|(x, w)| 2.0 * x + 100.0 * w as f32).collect();
+    assert_close("chunks", &want, &got, 1e-12);
+}
+
 #[test]
 fn a_panicking_closure_gives_an_err_from_compute_not_an_abort() {
     let ctx = ctx();

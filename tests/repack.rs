@@ -178,6 +178,29 @@ fn repacked_experts_run_the_sparse_op_with_the_dense_paths_logits() {
     );
 }
 
+/// A decode step's expert products are split into neuron chunks over all threads (`sparse_split`): with 1, 3 or
+/// 8 threads (more than the k rows of a token, and splits that cut experts apart) the logits are the 2-thread
+/// ones, bit for bit.
+#[test]
+fn repacked_experts_decode_alike_on_any_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = model(dir.path(), OutType::Q4_0Pure);
+    let file = GgufFile::open(&path).unwrap();
+    let (wctx, rctx) = (Model::context(&file).unwrap(), Model::context(&file).unwrap());
+    let (repacked, _) = Model::load(&wctx, &file).unwrap().repacked(&rctx, true).unwrap();
+    let with = |n_threads| SessionParams {
+        n_threads,
+        ..SessionParams::default()
+    };
+    let (want, desc, _) = eval(&repacked, None, with(2));
+    assert!(desc.starts_with("sparse on repacked experts"), "{desc}");
+    for n in [1, 3, 8] {
+        let (got, _, _) = eval(&repacked, None, with(n));
+        let same = got.len() == want.len() && got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{n} threads vs 2: nmse {:e}", nmse(&got, &want));
+    }
+}
+
 /// Under a budget, the cache interleaves each expert slot as ggml repacks the uncapped experts, and the expert op
 /// runs ggml's GEMV on them: the logits equal the uncapped `--repack all` path's bit for bit, prompt and decode,
 /// with experts evicted and read again. Without interleaving, the slots keep the file's layout (the native op's

@@ -78,6 +78,31 @@ impl<'a> DstRows<'a> {
     }
 }
 
+/// This thread's share of a destination cut into column chunks: yields `(row, columns, values)` for the
+/// (row, chunk) items in [`CustomOpCtx::chunk_items`], in row-major order.
+pub struct DstChunks<'a> {
+    data: *mut f32,
+    ne0: usize,
+    chunk: usize,
+    items: Range<usize>,
+    _op: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+impl<'a> Iterator for DstChunks<'a> {
+    type Item = (usize, Range<usize>, &'a mut [f32]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let i = self.items.next()?;
+        let per_row = self.ne0.div_ceil(self.chunk);
+        let (row, c) = (i / per_row, i % per_row);
+        let cols = c * self.chunk..((c + 1) * self.chunk).min(self.ne0);
+        // SAFETY: dst is a contiguous F32 tensor of nrows * ne0 values; each item is a distinct (row, column
+        // range) inside it, `items` is this thread's disjoint share and each item is yielded once.
+        let values = unsafe { std::slice::from_raw_parts_mut(self.data.add(row * self.ne0 + cols.start), cols.len()) };
+        Some((row, cols, values))
+    }
+}
+
 impl CustomOpCtx {
     /// This thread's index, `0..nth`.
     pub fn ith(&self) -> usize {
@@ -216,6 +241,32 @@ impl CustomOpCtx {
             self.nth
         );
         self.dst_rows_in(0..self.dst().nrows() as usize)
+    }
+
+    /// The (row, column chunk) items this thread computes when every row is cut into chunks of `chunk` columns
+    /// (the last one shorter) and the `nrows * ceil(ne0 / chunk)` items are split as ggml splits rows: so that
+    /// more threads than rows still share the work, e.g. one token's expert products.
+    pub fn chunk_items(&self, chunk: usize) -> Range<usize> {
+        assert!(chunk > 0, "column chunks of 0");
+        let dst = self.dst();
+        let n = dst.nrows() as usize * (dst.ne()[0] as usize).div_ceil(chunk);
+        let per = n.div_ceil(self.nth);
+        let start = (per * self.ith).min(n);
+        start..(start + per).min(n)
+    }
+
+    /// Mutable access to this thread's [`chunk_items`](Self::chunk_items). Callable once per invocation, and not
+    /// together with `dst_rows`.
+    pub fn dst_chunks(&self, chunk: usize) -> DstChunks<'_> {
+        let items = self.chunk_items(chunk);
+        let rows = self.dst_rows_in(0..0);
+        DstChunks {
+            data: rows.data,
+            ne0: rows.ne0,
+            chunk,
+            items,
+            _op: std::marker::PhantomData,
+        }
     }
 
     /// `rows` must be this thread's disjoint share (one of the splits above, the same split on every thread).

@@ -169,20 +169,73 @@ pub fn gemv(w: &[u8], n: usize, x: &[u8], out: &mut [f32]) {
     }
     #[cfg(target_arch = "x86_64")]
     if super::simd::x86::supported() {
-        // Per block: the activation scale and the offset correction 8 * sum(q).
-        let blocks: Vec<(f32, i32)> = x
-            .chunks_exact(Q8_BLOCK)
-            .map(|b| {
-                let d = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
-                (d, 8 * b[2..].iter().map(|&v| v as i8 as i32).sum::<i32>())
-            })
-            .collect();
+        let blocks = block_terms(x);
         // SAFETY: the CPU has AVX2, FMA and F16C (checked at run time); w holds rows / 8 groups of nb blocks, x
         // nb Q8_0 blocks, `blocks` nb entries and out `rows` floats (checked above).
         unsafe { x86::gemv(w, nb, x, &blocks, out) };
         return;
     }
     gemv_portable(w, nb, x, out);
+}
+
+/// Per Q8_0 block of `x`: the activation scale and the offset correction `8 * sum(q)` the GEMV applies.
+fn block_terms(x: &[u8]) -> Vec<(f32, i32)> {
+    x.chunks_exact(Q8_BLOCK)
+        .map(|b| {
+            let d = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+            (d, 8 * b[2..].iter().map(|&v| v as i8 as i32).sum::<i32>())
+        })
+        .collect()
+}
+
+/// One activation row quantised to Q8_0 with its per-block terms, for the many [`gemv_row`] calls of a product
+/// split into row chunks (computing the terms on every call would cost a tenth of a 64-row chunk's work).
+pub struct GemvRow {
+    quant: RowQuant,
+    q: AlignedBytes,
+    blocks: Vec<(f32, i32)>,
+}
+
+impl GemvRow {
+    /// Rows of `n` elements (a multiple of 32).
+    pub fn new(n: usize) -> GemvRow {
+        assert!(n % QK == 0 && n > 0, "GemvRow: rows of {n} are not whole blocks");
+        let quant = RowQuant::new(GgmlType::Q8_0, n).expect("ggml quantises Q8_0");
+        GemvRow {
+            q: AlignedBytes::zeroed(quant.len()),
+            quant,
+            blocks: Vec::new(),
+        }
+    }
+
+    /// Quantises `x` (as ggml quantises a GEMV's activation), replacing the row held.
+    pub fn set(&mut self, x: &[f32]) {
+        self.quant.run(x, self.q.as_mut_slice());
+        self.blocks = block_terms(self.q.as_slice());
+    }
+}
+
+/// [`gemv`] on a prepared row: the same floats, bit for bit.
+pub fn gemv_row(w: &[u8], x: &GemvRow, out: &mut [f32]) {
+    let (q, nb, rows) = (x.q.as_slice(), x.blocks.len(), out.len());
+    assert!(
+        rows % 8 == 0 && w.len() == rows / 8 * nb * GROUP_BLOCK && nb * Q8_BLOCK == q.len(),
+        "q4x8 gemv_row: {} weight bytes for {rows} rows of {} blocks (row set: {})",
+        w.len(),
+        q.len() / Q8_BLOCK,
+        nb * Q8_BLOCK == q.len()
+    );
+    if rows == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::x86::supported() {
+        // SAFETY: as in `gemv`: AVX2, FMA and F16C checked; w holds rows / 8 groups of nb blocks, q nb Q8_0
+        // blocks, `blocks` nb entries and out `rows` floats (checked above).
+        unsafe { x86::gemv(w, nb, q, &x.blocks, out) };
+        return;
+    }
+    gemv_portable(w, nb, q, out);
 }
 
 /// [`gemv`]'s sums in its order, one row at a time.
@@ -457,6 +510,36 @@ mod tests {
                 gemv_portable(w.as_slice(), n / QK, xr.as_slice(), &mut slow);
                 assert_eq!(slow, want, "n {n}, seed {seed}: portable");
             }
+        }
+    }
+
+    /// A row chunk of a prepared row gives that chunk of the whole product, so a product may be split by rows.
+    #[test]
+    fn gemv_row_chunks_equal_the_whole_gemv() {
+        let (n, rows) = (512, 40);
+        let Some(ggml) = Gemv::new(GgmlType::Q4_0, n, rows) else {
+            return;
+        };
+        let w = weights(&ggml, n, rows);
+        let x = random(n, 7);
+        let xq = RowQuant::new(GgmlType::Q8_0, n).unwrap();
+        let mut xr = AlignedBytes::zeroed(xq.len());
+        xq.run(&x, xr.as_mut_slice());
+        let mut want = vec![0f32; rows];
+        ggml.run_ggml(w.as_slice(), xr.as_slice(), &mut want);
+        let mut row = GemvRow::new(n);
+        row.set(&x);
+        for chunk in [8, 16, 24, 40] {
+            let mut got = vec![f32::NAN; rows];
+            for c in (0..rows).step_by(chunk) {
+                let m = chunk.min(rows - c);
+                gemv_row(
+                    &w.as_slice()[ggml.w_len(c)..ggml.w_len(c + m)],
+                    &row,
+                    &mut got[c..c + m],
+                );
+            }
+            assert_eq!(got, want, "chunks of {chunk}");
         }
     }
 

@@ -16,6 +16,7 @@ mod sparse_batched;
 mod sparse_kernel;
 pub mod sparse_moe;
 mod sparse_native;
+mod sparse_split;
 
 pub use attention::{attention, AttnInputs, AttnKernel, AttnParams, AttnWeights, KvLayer, KvRead, SeqAttn};
 pub use attn_op::{attn_cells, CellAttnParams};

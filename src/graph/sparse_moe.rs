@@ -16,6 +16,7 @@ use super::moe::MoeWeights;
 use super::sparse_batched::{batched_expert_op, sorted_sum_op};
 use super::sparse_kernel::{expert_op, reduce_op, router_op};
 use super::sparse_native::{native_expert_op, weighted_sum_op, Interleaved, NativeDown};
+use super::sparse_split::{down_sum_op, hidden_op};
 use crate::ggml::q4x8::Gemv;
 use crate::ggml::rows::{AlignedBytes, RowDequant, RowDot, RowQuant};
 use crate::ggml::{Context, Graph, Tensor};
@@ -404,6 +405,30 @@ impl SparseMoe {
                 })
                 .format_name("ffn_moe_out", il as i32); // [n_embd, n_out]
         }
+        let interleaved = l.native.as_ref().is_some_and(|nd| nd.x8.is_some());
+        if interleaved && self.shared.cache.is_none() {
+            // One token on experts in memory: neuron chunks over all threads (`sparse_split`). With a cache, whose
+            // slots a reader may refill between two ops, the expert stays one op's (`native_expert_op`).
+            let k = i64::from(l.p.n_expert_used);
+            let mut args = vec![cur, w.gate_exps, w.up_exps];
+            args.extend(out_ids);
+            let ls = l.clone();
+            let h = ctx
+                .custom_4d(
+                    "ffn_moe_hidden",
+                    [i64::from(l.p.n_ff_exp), k * n_out, 1, 1],
+                    &args,
+                    move |op| hidden_op(&ls, interleaved_of(&ls), op),
+                )
+                .format_name("ffn_moe_hidden", il as i32); // [n_ff, k * n_out]
+            let mut args = vec![h, weights, w.down_exps];
+            args.extend(out_ids);
+            return ctx
+                .custom_4d("ffn_moe_down_sum", [n_embd, n_out, 1, 1], &args, move |op| {
+                    down_sum_op(&l, interleaved_of(&l), op)
+                })
+                .format_name("ffn_moe_out", il as i32); // [n_embd, n_out]
+        }
         if l.native.is_some() {
             let k = i64::from(l.p.n_expert_used);
             let mut args = vec![cur, w.gate_exps, w.up_exps, w.down_exps];
@@ -434,6 +459,13 @@ impl SparseMoe {
         ctx.custom_4d("ffn_moe_sum", [n_embd, n_out, 1, 1], &[parts], reduce_op)
             .format_name("ffn_moe_out", il as i32) // [n_embd, n_out]
     }
+}
+
+fn interleaved_of(l: &LayerState) -> &Interleaved {
+    l.native
+        .as_ref()
+        .and_then(|nd| nd.x8.as_ref())
+        .expect("interleaved layer")
 }
 
 /// The `k` highest of each row of `n` logits (the gating is monotonic, so these are the top-k probabilities).

@@ -7,6 +7,8 @@
 //! within its rows a thread groups by expert, takes resident experts first, and reads each expert's matrices
 //! once for all its rows of that expert. A second op sums the k rows of each token with the routing weights in
 //! slot order, so results do not depend on the thread count or on the order reads arrive.
+//!
+//! Interleaved experts in memory (no cache) take `sparse_split` instead, which also splits one row's neurons.
 
 use std::sync::atomic::Ordering;
 
@@ -140,9 +142,8 @@ pub(super) struct Scratch<'s> {
     pub hq: &'s mut AlignedBytes,
 }
 
-/// One (token, expert) row on interleaved matrices: `g`, then `up` for the 8-row groups with an active neuron,
-/// the same ReGLU, and `down` on the hidden vector quantised by `h_q`, as ggml's repacked mul_mat_id graph
-/// computes it. Returns the active neurons.
+/// One (token, expert) row on interleaved matrices: [`reglu_groups`], then `down` on the hidden vector quantised
+/// by `h_q`, as ggml's repacked mul_mat_id graph computes it. Returns the active neurons.
 pub(super) fn interleaved_expert(
     x8: &Interleaved,
     [gate, up, down]: [&[u8]; 3],
@@ -151,23 +152,41 @@ pub(super) fn interleaved_expert(
     Scratch { g, h, hq }: Scratch<'_>,
     out: &mut [f32],
 ) -> u64 {
-    let n_ff = h.len();
-    x8.gate_up.run(gate, xg, g);
-    let group = x8.gate_up.w_len(ROWS);
+    let (gate_x, up_x) = (
+        |w: &[u8], o: &mut [f32]| x8.gate_up.run(w, xg, o),
+        |w: &[u8], o: &mut [f32]| x8.gate_up.run(w, xu, o),
+    );
+    let active = reglu_groups(x8.gate_up.w_len(ROWS), [gate, up], [&mut *g, &mut *h], gate_x, up_x);
+    h_q.run(h, hq.as_mut_slice());
+    x8.down.run(down, hq.as_slice(), out);
+    active
+}
+
+/// `h = relu(g) * up` for the `h.len()` interleaved rows of `gate` and `up` (`group` bytes per 8 rows):
+/// `g = gate_x(gate)` densely, then `up_x` only on the runs of 8-row groups with an active neuron, since the
+/// kernel reads whole groups. Returns the active neurons.
+pub(super) fn reglu_groups(
+    group: usize,
+    [gate, up]: [&[u8]; 2],
+    [g, h]: [&mut [f32]; 2],
+    gate_x: impl Fn(&[u8], &mut [f32]),
+    up_x: impl Fn(&[u8], &mut [f32]),
+) -> u64 {
+    let n = h.len();
+    gate_x(gate, g);
     let live = |j: usize| g[j..j + ROWS].iter().any(|&v| v > 0.0);
     let mut j = 0;
-    while j < n_ff {
+    while j < n {
         if !live(j) {
             h[j..j + ROWS].fill(0.0);
             j += ROWS;
             continue;
         }
         let start = j;
-        while j < n_ff && live(j) {
+        while j < n && live(j) {
             j += ROWS;
         }
-        x8.gate_up
-            .run(&up[start / ROWS * group..j / ROWS * group], xu, &mut h[start..j]);
+        up_x(&up[start / ROWS * group..j / ROWS * group], &mut h[start..j]);
     }
     let mut active = 0;
     for (hj, &gj) in h.iter_mut().zip(g.iter()) {
@@ -178,8 +197,6 @@ pub(super) fn interleaved_expert(
             0.0
         };
     }
-    h_q.run(h, hq.as_mut_slice());
-    x8.down.run(down, hq.as_slice(), out);
     active
 }
 

@@ -142,8 +142,9 @@ impl MoeSetup {
                 Ok(s) => MoeSetup {
                     sparse: Some(Arc::new(s)),
                     sparse_max_batch: u32::MAX,
-                    description: "sparse on repacked experts (interleaved 8-row Q4_0 kernels: a GEMV per \
-                                  token and expert, a GEMM over each expert's tokens in a batch)"
+                    description: "sparse on repacked experts (interleaved 8-row Q4_0 kernels: a token's \
+                                  experts as GEMVs in 64-row chunks over all threads, a GEMM over each expert's \
+                                  tokens in a batch)"
                         .into(),
                 },
                 Err(e) => dense(format!(
