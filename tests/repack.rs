@@ -15,6 +15,11 @@ use smallthinker::synth::{synth, Shape, SynthDtype, SynthParams};
 
 /// A tiny-shaped checkpoint widened to rows of 256 (the repack rule), converted to Q4_0-pure.
 fn model(dir: &Path, out_type: OutType) -> std::path::PathBuf {
+    model_routed(dir, out_type, false)
+}
+
+/// [`model`], with `token_routing`: tokens then choose different experts (without it most take the same few).
+fn model_routed(dir: &Path, out_type: OutType, token_routing: bool) -> std::path::PathBuf {
     let overrides = serde_json::json!({
         "hidden_size": 256, "head_dim": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
         "moe_ffn_hidden_size": 256, "tie_word_embeddings": false
@@ -28,7 +33,7 @@ fn model(dir: &Path, out_type: OutType) -> std::path::PathBuf {
         lm_head: true,
         vocab_gguf: concat!(env!("CARGO_MANIFEST_DIR"), "/vendor/qwen2-vocab/ggml-vocab-qwen2.gguf").into(),
         routing_skew: 0.0,
-        token_routing: false,
+        token_routing,
         gate_shift: 0.0,
     };
     synth(&dir.join("ckpt"), &p).unwrap();
@@ -184,7 +189,7 @@ fn repacked_experts_run_the_sparse_op_with_the_dense_paths_logits() {
 #[test]
 fn repacked_experts_decode_alike_on_any_thread_count() {
     let dir = tempfile::tempdir().unwrap();
-    let path = model(dir.path(), OutType::Q4_0Pure);
+    let path = model_routed(dir.path(), OutType::Q4_0Pure, true);
     let file = GgufFile::open(&path).unwrap();
     let (wctx, rctx) = (Model::context(&file).unwrap(), Model::context(&file).unwrap());
     let (repacked, _) = Model::load(&wctx, &file).unwrap().repacked(&rctx, true).unwrap();
@@ -199,6 +204,23 @@ fn repacked_experts_decode_alike_on_any_thread_count() {
         let same = got.len() == want.len() && got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
         assert!(same, "{n} threads vs 2: nmse {:e}", nmse(&got, &want));
     }
+    // A prompt that wants only its last row: the last layer's experts run for that row alone, which maps to
+    // router row 8 (out_ids), on the split ops as on mul_mat_id.
+    let last_row = |params: SessionParams| {
+        let kctx = KvCache::context(&repacked.hp).unwrap();
+        let kvp = KvParams {
+            n_ctx: 32,
+            n_batch: 16,
+            ty: KvType::F32,
+        };
+        let mut s = Session::new(&repacked, KvCache::new(&kctx, &repacked.hp, kvp).unwrap(), params).unwrap();
+        let tokens: Vec<u32> = (0..9).map(|i| 300 + 41 * i).collect();
+        s.eval(&tokens, Rows::Last).unwrap()
+    };
+    let dense = SessionParams { dense: true, ..with(3) };
+    let (got, want) = (last_row(with(3)), last_row(dense));
+    let same = got.len() == want.len() && got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(same, "last-row prompt vs mul_mat_id: nmse {:e}", nmse(&got, &want));
 }
 
 /// Under a budget, the cache interleaves each expert slot as ggml repacks the uncapped experts, and the expert op
