@@ -291,10 +291,14 @@ mod x86 {
     use super::{GROUP_BLOCK, PAIR_BLOCK, Q8_BLOCK};
     use std::arch::x86_64::*;
 
-    /// Bytes ahead of the block being read that the GEMV asks the CPU to fetch (the gemm_speed example from
-    /// memory, 1 thread: 13.7, 17.7 and 16.0 GMAC/s at 768, 1536 and 3072; ggml's GEMV 9-11). The GEMM has no
-    /// prefetch: on a prompt's 12 tokens per expert it measured the same with and without, inside the noise.
-    const PREFETCH: usize = 1536;
+    /// Bytes ahead of the block being read that the GEMV asks the CPU to fetch. Two threads streaming at once
+    /// (a decode step) see a longer memory latency than one: 4B decode on a 2-core EPYC (about 33 GB/s), 2
+    /// threads, 16 alternating runs over two sittings, had medians of 45.6 / 51.0 tok/s at 1536 bytes, 49.0 /
+    /// 52.9 at 3072 and 51.3 / 56.2 at 6144 (21B: 15.3 against 15.4). One thread alone (the gemm_speed example
+    /// from memory) cannot tell these apart: 27-40 GMAC/s for all of 1536-12288 there, and on a Sapphire Rapids
+    /// 17.7 and 16.0 GMAC/s at 1536 and 3072 in one sitting. The GEMM has no prefetch: on a prompt's 12 tokens
+    /// per expert it measured the same with and without, inside the noise.
+    const PREFETCH: usize = 6144;
 
     /// The lines of the block `PREFETCH` bytes ahead of `blk` (a hint: past the end of the matrix it is dropped).
     #[inline]
