@@ -1,5 +1,6 @@
 //! Misuse is a Rust panic or error, not a ggml abort; no_alloc contexts with CPU buffers and graph allocators;
-//! weights borrowed from a read-only memory map; backends' worker pools; vec_dot.
+//! weights borrowed from a read-only memory map; backends' worker pools; pools and allocators handed from a dropped
+//! context to the next; vec_dot.
 mod ggml_util;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -333,4 +334,52 @@ fn vec_dot_matches_a_naive_dot_for_q8_0_and_f32() {
         ggml::vec_dot(GgmlType::Q8_0, 64, &xq[..33], &yq);
     });
     assert!(msg.contains("needs 68 bytes, got 33"), "{msg}");
+}
+
+/// A context dropped on a thread hands its pool and graph allocator to the next one (`ggml::recycle`): the next
+/// pool must still read as zeros where the last one held data, and a reused allocator must place a bigger,
+/// differently shaped graph correctly.
+#[test]
+fn contexts_reuse_a_dropped_contexts_pool_and_allocator_cleanly() {
+    let params = ContextParams {
+        mem_size: 4 * Context::tensor_overhead() + 4096 * 4 + 1024,
+        no_alloc: false,
+    };
+    for round in 0..3 {
+        let ctx = Context::new(params).unwrap();
+        let t = ctx.new_tensor_1d(GgmlType::F32, 4096);
+        let v = t.to_f32_vec().unwrap();
+        assert!(
+            v.iter().all(|&x| x == 0.0),
+            "round {round}: a new pool holds non-zero data"
+        );
+        t.set_f32(&vec![7.5; 4096]).unwrap();
+    }
+
+    let mut rng = Rng::new(43);
+    let backend = CpuBackend::new().unwrap();
+    backend.set_n_threads(2);
+    // Small, big, small graphs in turn: the second has to grow the first one's buffer.
+    for (round, (k, m, n)) in [(32, 6, 3), (256, 64, 40), (64, 8, 2)].into_iter().enumerate() {
+        let ctx = Context::new(ContextParams {
+            mem_size: 8 * Context::tensor_overhead() + Context::graph_overhead(16),
+            no_alloc: true,
+        })
+        .unwrap();
+        let w = ctx.new_tensor_2d(GgmlType::F32, k, m).set_input();
+        let x = ctx.new_tensor_2d(GgmlType::F32, k, n).set_input();
+        let y = ctx.scale(ctx.mul_mat(w, x), 0.5).set_output();
+        let mut g = ctx.new_graph(16);
+        g.build_forward_expand(y);
+        ctx.allocate_graph(&g).unwrap();
+        let (wv, xv) = (rng.vec((k * m) as usize), rng.vec((k * n) as usize));
+        w.set_f32(&wv).unwrap();
+        x.set_f32(&xv).unwrap();
+        g.compute_with_backend(&backend).unwrap();
+        let want: Vec<f32> = naive_mul_mat(&wv, [k, m, 1, 1], &xv, [k, n, 1, 1])
+            .iter()
+            .map(|v| v * 0.5)
+            .collect();
+        assert_close(&format!("graph {round}"), &want, &y.to_f32_vec().unwrap(), 1e-10);
+    }
 }

@@ -3,6 +3,7 @@
 use std::cell::{Cell, RefCell};
 use std::ptr::NonNull;
 
+use super::recycle::Gallocr;
 use super::{from_sys_type, sys, to_sys_type, Context, GgmlError, Graph};
 use crate::gguf::GgmlType;
 
@@ -141,7 +142,10 @@ impl Drop for CpuBackend {
 /// A backend buffer or graph allocator whose memory holds some context's tensor data; owned by that context.
 pub(crate) enum BufferOwner {
     Buffer(NonNull<sys::ggml_backend_buffer>),
-    Gallocr(NonNull<sys::ggml_gallocr>),
+    /// Dropped with the context: it becomes a spare of the thread (`recycle`).
+    Gallocr {
+        _owned: Gallocr,
+    },
 }
 
 impl Drop for BufferOwner {
@@ -151,7 +155,7 @@ impl Drop for BufferOwner {
         unsafe {
             match self {
                 BufferOwner::Buffer(b) => sys::ggml_backend_buffer_free(b.as_ptr()),
-                BufferOwner::Gallocr(g) => sys::ggml_gallocr_free(g.as_ptr()),
+                BufferOwner::Gallocr { .. } => {}
             }
         }
     }
@@ -196,12 +200,9 @@ impl Context {
                 panic!("ggml allocate_graph: tensor {t:?} has no data and belongs to another context");
             }
         }
-        // SAFETY: the CPU buffer type is a static; returns null on failure.
-        let galloc = unsafe { sys::ggml_gallocr_new(sys::ggml_backend_cpu_buffer_type()) };
-        let galloc = NonNull::new(galloc).ok_or(GgmlError::Backend {
+        let galloc = Gallocr::new().ok_or(GgmlError::Backend {
             what: "ggml_gallocr_new",
         })?;
-        let owner = BufferOwner::Gallocr(galloc);
         // SAFETY: valid allocator and graph; it only assigns data to tensors without data (all ours, checked).
         let ok = unsafe { sys::ggml_gallocr_alloc_graph(galloc.as_ptr(), graph.as_ptr()) };
         if !ok {
@@ -209,7 +210,7 @@ impl Context {
                 what: "ggml_gallocr_alloc_graph",
             });
         }
-        self.buffers.borrow_mut().push(owner);
+        self.buffers.borrow_mut().push(BufferOwner::Gallocr { _owned: galloc });
         Ok(())
     }
 }

@@ -4,6 +4,7 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::ptr::NonNull;
 
+use super::recycle::Pool;
 use super::{sys, to_sys_type, GgmlError, Graph, Tensor};
 use crate::gguf::GgmlType;
 
@@ -31,34 +32,13 @@ pub struct Context {
     /// Custom-op closures; ggml holds raw pointers to them in op params.
     pub(crate) keep_alive: RefCell<Vec<Box<dyn Any>>>,
     /// The memory behind `ptr`'s pool (declared last: dropped after ggml_free in `Drop`).
-    _pool: Pool,
-}
-
-/// A zeroed, 64-byte aligned allocation for a context's pool.
-struct Pool {
-    ptr: NonNull<u8>,
-    layout: std::alloc::Layout,
-}
-
-impl Pool {
-    fn new(mem_size: usize) -> Option<Pool> {
-        let layout = std::alloc::Layout::from_size_align(mem_size.max(64).checked_next_multiple_of(64)?, 64).ok()?;
-        // SAFETY: the layout has a non-zero size; a null result is handled.
-        let ptr = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })?;
-        Some(Pool { ptr, layout })
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        // SAFETY: allocated in Pool::new with this layout, freed once.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
-    }
+    pool: Pool,
 }
 
 impl Context {
-    /// `ggml_init` over a pool of `mem_size` bytes allocated (zeroed) here, so that an allocation failure is an
-    /// error rather than ggml's abort, and never-written tensor data reads as zeros.
+    /// `ggml_init` over a zeroed pool of `mem_size` bytes (allocated here, or a spare of a context dropped on
+    /// this thread: `recycle`), so that an allocation failure is an error rather than ggml's abort, and
+    /// never-written tensor data reads as zeros.
     pub fn new(params: ContextParams) -> Result<Self, GgmlError> {
         super::backend::install_log_filter();
         // SAFETY: ggml_cpu_init only fills ggml's global lookup tables (guarded by a critical section inside, so
@@ -68,8 +48,8 @@ impl Context {
             mem_size: params.mem_size,
         })?;
         let init = sys::ggml_init_params {
-            mem_size: pool.layout.size(),
-            mem_buffer: pool.ptr.as_ptr().cast(),
+            mem_size: pool.size(),
+            mem_buffer: pool.ptr().as_ptr().cast(),
             no_alloc: params.no_alloc,
         };
         // SAFETY: the pool is mem_size writable bytes, 64-byte aligned (ggml asserts 16), owned by the Context and
@@ -83,7 +63,7 @@ impl Context {
             no_alloc: params.no_alloc,
             buffers: RefCell::new(Vec::new()),
             keep_alive: RefCell::new(Vec::new()),
-            _pool: pool,
+            pool,
         })
     }
 
@@ -297,6 +277,8 @@ pub(crate) fn check_dims(op: &str, ne: [i64; 4]) {
 
 impl Drop for Context {
     fn drop(&mut self) {
+        // The next context of this thread to take the pool clears what this one used.
+        self.pool.set_dirty(self.used_mem());
         // SAFETY: the context came from ggml_init and is freed once; no Tensor<'_> outlives the borrow of self.
         // Buffers and closures (fields) are dropped after it, and ggml_free does not touch tensor data.
         unsafe { sys::ggml_free(self.as_ptr()) };

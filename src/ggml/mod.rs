@@ -79,6 +79,7 @@ mod graph;
 mod ops;
 mod ops_attn;
 mod ops_shape;
+mod recycle;
 mod repack;
 pub mod rows;
 mod tensor;
