@@ -274,8 +274,18 @@ impl<'ctx> Tensor<'ctx> {
 
     /// Reads the values as f32: F32 as is, F16/BF16 widened. Other types are a `WrongType` error.
     pub fn to_f32_vec(self) -> Result<Vec<f32>, GgmlError> {
+        if self.ty() == GgmlType::F32 {
+            // One copy straight into the result (a decode step reads 150k logits this way).
+            let n = self.nbytes();
+            let data = self.host_bytes(n, false)?;
+            let mut out = vec![0f32; n / 4];
+            // SAFETY: `data` points to nbytes() readable host bytes (checked above) of host-order floats; `out`
+            // has room for n / 4 floats, and any 4 bytes are a valid f32.
+            unsafe { std::ptr::copy_nonoverlapping(data, out.as_mut_ptr().cast::<u8>(), n / 4 * 4) };
+            return Ok(out);
+        }
         let bytes = match self.ty() {
-            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => self.to_bytes()?,
+            GgmlType::F16 | GgmlType::BF16 => self.to_bytes()?,
             got => {
                 return Err(GgmlError::WrongType {
                     name: self.name(),
@@ -285,10 +295,6 @@ impl<'ctx> Tensor<'ctx> {
             }
         };
         Ok(match self.ty() {
-            GgmlType::F32 => bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
             GgmlType::F16 => bytes
                 .chunks_exact(2)
                 .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())

@@ -336,7 +336,13 @@ impl<'a> Session<'a> {
             };
             let out = self.eval_batch(batch, &out_rows, trace, &mut |t| traced.push(Traced { batch: i, ..t }))?;
             if rows == Rows::All || i + 1 == batches.len() {
-                logits.extend(out);
+                // The first batch's logits are moved, not copied: a decode step's 150k floats would be a fresh
+                // 600 KB allocation to fault in.
+                if logits.is_empty() {
+                    logits = out;
+                } else {
+                    logits.extend(out);
+                }
             }
         }
         Ok((logits, traced))
