@@ -55,6 +55,7 @@ pub mod mmap;
 pub mod q4_axpy;
 pub mod q4x8;
 pub mod q4x8_gemm;
+pub mod q4x8_gemv;
 pub mod quant;
 pub mod simd;
 pub mod uring;

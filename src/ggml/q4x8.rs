@@ -102,9 +102,9 @@ impl Gemv {
     }
 
     /// `w` holds `out.len()` interleaved rows (whole groups); `x` one Q8_0 row of `n`. Runs our GEMV
-    /// ([`super::q4x8_gemm::gemv`]), which gives ggml's results bit for bit at about twice its speed hot in cache.
+    /// ([`super::q4x8_gemv::gemv`]), which gives ggml's results bit for bit at about twice its speed hot in cache.
     pub fn run(&self, w: &[u8], x: &[u8], out: &mut [f32]) {
-        super::q4x8_gemm::gemv(w, self.n, x, out)
+        super::q4x8_gemv::gemv(w, self.n, x, out)
     }
 
     /// [`run`](Self::run) on ggml's own kernel (the reference the tests and the speed tools compare with).

@@ -4,7 +4,8 @@
 //! it streams the lm_head faster from memory). Everything else stays ggml's `mul_mat`. Both give each row the
 //! float ggml's GEMV gives it, so the choice never changes a result.
 
-use crate::ggml::q4x8_gemm::{gemm, gemv, PackedRows, GROUP_BLOCK};
+use crate::ggml::q4x8_gemm::{gemm, PackedRows, GROUP_BLOCK};
+use crate::ggml::q4x8_gemv::gemv;
 use crate::ggml::rows::{AlignedBytes, RowQuant};
 use crate::ggml::{Context, Tensor};
 use crate::gguf::GgmlType;

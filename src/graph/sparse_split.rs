@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use super::sparse_moe::LayerState;
 use super::sparse_native::{reglu_groups, Interleaved};
 use crate::ggml::q4x8::ROWS;
-use crate::ggml::q4x8_gemm::{gemv_row, GemvRow};
+use crate::ggml::q4x8_gemv::{gemv_row, GemvRow};
 use crate::ggml::CustomOpCtx;
 
 /// Rows (neurons, or outputs of `down`) per work item: 8 interleaved groups. 768 neurons make 12 items per

@@ -2,7 +2,7 @@
 //! TOKENS activation rows, by ggml's GEMM (`q4x8::Gemv::gemm`, 4-row activation groups; a leftover below 4 rows
 //! goes through its GEMV, as the expert op did) and by ours (`q4x8_gemm`). Quantising the activations is
 //! included in both, as the op pays it. TOKENS = 1 compares the GEMVs instead (ggml's `Gemv::run` and
-//! `q4x8_gemm::gemv`, on an activation quantised once). COPIES (default 1) cycles through that many copies of
+//! `q4x8_gemv::gemv`, on an activation quantised once). COPIES (default 1) cycles through that many copies of
 //! the matrix, so that with enough of them every call reads its weights from memory. Prints ms per call and
 //! GMAC/s, 1 thread.
 //!
@@ -13,7 +13,8 @@
 use std::time::Instant;
 
 use smallthinker::ggml::q4x8::{interleave, Gemv, XROWS};
-use smallthinker::ggml::q4x8_gemm::{gemm, gemv, PackedRows};
+use smallthinker::ggml::q4x8_gemm::{gemm, PackedRows};
+use smallthinker::ggml::q4x8_gemv::gemv;
 use smallthinker::ggml::rows::{AlignedBytes, RowQuant};
 use smallthinker::gguf::GgmlType;
 
