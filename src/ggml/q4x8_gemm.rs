@@ -128,6 +128,10 @@ pub fn gemm(w: &[u8], rows: usize, x: &PackedRows, out: &mut [f32], bs: usize) {
                 let wg = &w[r / 8 * nb * GROUP_BLOCK..(r / 8 + 1) * nb * GROUP_BLOCK];
                 let tile = x86::Tile {
                     w: wg,
+                    // The first pass over the rows reads them from memory, later ones from cache. Prefetching in
+                    // the first pass (once per group) raised 4B prefill (128 tokens, 2 threads, 16 alternating
+                    // runs) from medians of 208 and 197 to 221 and 215 tok/s on a 2-core EPYC.
+                    prefetch: p0 == 0 && r % 8 == 0,
                     half: r / 4 % 2,
                     nb,
                     x: xs,
@@ -188,6 +192,7 @@ fn portable(w: &[u8], rows: usize, x: &PackedRows, out: &mut [f32], bs: usize) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::super::q4x8_gemv::x86::prefetch_ahead;
     use super::{GROUP_BLOCK, PAIR_BLOCK};
     use std::arch::x86_64::*;
 
@@ -195,6 +200,8 @@ mod x86 {
     /// `row..row + 4` of the first `tokens` output rows.
     pub struct Tile<'a> {
         pub w: &'a [u8],
+        /// Fetch ahead as the GEMV does, a group ahead of the rows read.
+        pub prefetch: bool,
         pub half: usize,
         pub nb: usize,
         pub x: &'a [u8],
@@ -217,6 +224,9 @@ mod x86 {
                 // SAFETY (all loads): block b of the group is inside `w`, block b of pair p inside `x`.
                 unsafe {
                     let blk = self.w.as_ptr().add(b * GROUP_BLOCK);
+                    if self.prefetch {
+                        prefetch_ahead(blk);
+                    }
                     let d = _mm_cvtph_ps(_mm_loadl_epi64(blk.add(8 * self.half).cast()));
                     // [d0, d1, d0, d1, d2, d3, d2, d3]: the rows of the lanes that `hadd` leaves.
                     let dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(d), scale_lanes);

@@ -109,7 +109,7 @@ fn gemv_portable(w: &[u8], nb: usize, x: &[u8], out: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use super::{GROUP_BLOCK, Q8_BLOCK};
     use std::arch::x86_64::*;
 
@@ -124,7 +124,7 @@ mod x86 {
     /// The lines of the block `PREFETCH` bytes ahead of `blk` (a hint: past the end of the matrix it is dropped).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn prefetch_ahead(blk: *const u8) {
+    pub(in crate::ggml) fn prefetch_ahead(blk: *const u8) {
         for line in [0, 64, 128] {
             _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH + line).cast());
         }
