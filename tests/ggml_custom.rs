@@ -1,4 +1,4 @@
-//! Custom ops over Rust closures: threading, row split, panics.
+//! Custom ops over Rust closures: threading, row split, column chunks, claimed row ranges, panics.
 mod ggml_util;
 
 use std::sync::{Arc, Mutex};
@@ -111,6 +111,80 @@ fn column_chunks_share_two_rows_between_five_threads() {
     let writer = [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2];
     let want: Vec<f32> = av.iter().zip(writer).map(|(x, w)| 2.0 * x + 100.0 * w as f32).collect();
     assert_close("chunks", &want, &got, 1e-12);
+}
+
+/// Claimed row ranges: each range is computed once per compute by one thread, whatever the thread count and
+/// whichever thread's order is published, rows in no range are left alone, and a second compute of the same
+/// graph claims everything again. Overlapping or outside ranges fail the op.
+#[test]
+fn claimed_row_ranges_are_each_computed_once_per_compute() {
+    let ranges = [0..9, 9..10, 10..14, 14..15, 16..20];
+    for threads in [1, 2, 3, 5] {
+        let ctx = ctx();
+        let mut rng = Rng::new(35);
+        let (a, av) = rand_f32(&ctx, &[6, 20], &mut rng);
+        let claimed = Arc::new(Mutex::new(Vec::new()));
+        let seen = claimed.clone();
+        let theirs = ranges.clone();
+        // out[r] += 2 a[r] + 1, on a destination that starts zeroed: a range computed twice would show.
+        let t = ctx.custom_4d("claims", [6, 20, 1, 1], &[a], move |op| {
+            let mut mine = theirs.to_vec();
+            if op.ith() % 2 == 1 {
+                mine.reverse();
+            }
+            for (rows, out) in op.claim_row_ranges(mine) {
+                assert_eq!(out.len(), rows.len() * 6);
+                for (r, o) in rows.clone().zip(out.chunks_exact_mut(6)) {
+                    for (v, x) in o.iter_mut().zip(op.src_row(0, r)) {
+                        *v += 2.0 * x + 1.0;
+                    }
+                }
+                seen.lock().unwrap().push(rows);
+            }
+        });
+        let mut g = ctx.new_graph(16);
+        g.build_forward_expand(t);
+        for compute in 1..=2 {
+            claimed.lock().unwrap().clear();
+            g.compute(threads).unwrap();
+            let mut got = claimed.lock().unwrap().clone();
+            got.sort_by_key(|r| r.start);
+            assert_eq!(got, ranges, "{threads} threads, compute {compute}: the ranges claimed");
+            let want: Vec<f32> = av
+                .iter()
+                .enumerate()
+                .map(|(i, x)| {
+                    if i / 6 == 15 {
+                        0.0
+                    } else {
+                        compute as f32 * (2.0 * x + 1.0)
+                    }
+                })
+                .collect();
+            assert_close(
+                &format!("{threads} threads, compute {compute}"),
+                &want,
+                &t.to_f32_vec().unwrap(),
+                1e-12,
+            );
+        }
+    }
+    for (bad, why) in [(vec![0..5, 4..8], "overlap"), (vec![0..5, 18..21], "not inside")] {
+        let ctx = ctx();
+        let mut rng = Rng::new(36);
+        let (a, _) = rand_f32(&ctx, &[6, 20], &mut rng);
+        let t = ctx.custom_4d("bad_claims", [6, 20, 1, 1], &[a], move |op| {
+            for (_, out) in op.claim_row_ranges(bad.clone()) {
+                out.fill(1.0);
+            }
+        });
+        let mut g = ctx.new_graph(16);
+        g.build_forward_expand(t);
+        match g.compute(2) {
+            Err(GgmlError::CustomOpPanicked { message, .. }) => assert!(message.contains(why), "{message}"),
+            other => panic!("expected CustomOpPanicked ({why}), got {other:?}"),
+        }
+    }
 }
 
 #[test]

@@ -9,7 +9,8 @@ use std::cell::Cell;
 use std::ffi::{c_int, c_void};
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::{sys, Context, GgmlError, Graph, Tensor};
 use crate::gguf::GgmlType;
@@ -24,6 +25,16 @@ struct CustomState {
     panic: Mutex<Option<String>>,
     /// Built with n_tasks = 1: ggml then calls thread 0 only but still passes the graph's thread count as nth.
     single: bool,
+    /// Work handed out by [`CustomOpCtx::claim_row_ranges`] in the current compute (reset before each).
+    claims: Claims,
+}
+
+/// The shared side of [`CustomOpCtx::claim_row_ranges`]: the ranges, as the first thread to ask published
+/// them, and how many have been handed out.
+#[derive(Default)]
+struct Claims {
+    plan: Mutex<Option<Arc<[Range<usize>]>>>,
+    next: AtomicUsize,
 }
 
 /// Mirror of `struct ggml_custom_op_params` (vendor/ggml/src/ggml-impl.h), which ggml_custom_4d stores in the
@@ -42,6 +53,8 @@ pub struct CustomOpCtx {
     nth: usize,
     dst: *mut sys::ggml_tensor,
     dst_taken: Cell<bool>,
+    /// The op's claims (in its `CustomState`, which outlives this invocation).
+    claims: *const Claims,
 }
 
 /// This thread's destination rows: yields `(row index, row)` for the rows in [`CustomOpCtx::rows`].
@@ -100,6 +113,33 @@ impl<'a> Iterator for DstChunks<'a> {
         // range) inside it, `items` is this thread's disjoint share and each item is yielded once.
         let values = unsafe { std::slice::from_raw_parts_mut(self.data.add(row * self.ne0 + cols.start), cols.len()) };
         Some((row, cols, values))
+    }
+}
+
+/// Destination row ranges claimed one at a time while the op runs ([`CustomOpCtx::claim_row_ranges`]): yields
+/// `(rows, values [rows][ne0])`.
+pub struct ClaimedRanges<'a> {
+    data: *mut f32,
+    ne0: usize,
+    plan: Arc<[Range<usize>]>,
+    next: &'a AtomicUsize,
+    _op: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+impl<'a> Iterator for ClaimedRanges<'a> {
+    type Item = (Range<usize>, &'a mut [f32]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // Relaxed is enough: read-modify-writes of one atomic are totally ordered, so each index is handed out
+        // once; what the ranges' rows receive is published by ggml's barrier after the op.
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        let rows = self.plan.get(i)?.clone();
+        // SAFETY: every thread of this compute claims from the same published plan, whose ranges lie inside the
+        // contiguous F32 destination and are pairwise disjoint (checked when published); the counter hands each
+        // index out once per compute (it is zeroed before each), so no two live `&mut` overlap.
+        let values =
+            unsafe { std::slice::from_raw_parts_mut(self.data.add(rows.start * self.ne0), rows.len() * self.ne0) };
+        Some((rows, values))
     }
 }
 
@@ -233,6 +273,45 @@ impl CustomOpCtx {
         self.dst_rows_in(self.rows_grouped(group))
     }
 
+    /// Disjoint ranges of destination rows, each computed whole by whichever thread claims it first, in list
+    /// order: so that work of uneven cost (a prompt's experts: one row or sixty) can be shared out by claiming
+    /// the costly ranges first, and no thread waits at the barrier after the op while another has a queue.
+    ///
+    /// The first thread to call publishes its list and every thread claims from that one, so threads may order
+    /// the same ranges differently (by what each saw, e.g. which experts a cache holds) but should not pass
+    /// different ranges: another thread's would not be computed. Panics if a range leaves the destination or two
+    /// overlap. Callable once per invocation, and not together with `dst_rows`.
+    pub fn claim_row_ranges(&self, ranges: Vec<Range<usize>>) -> ClaimedRanges<'_> {
+        let nrows = self.dst().nrows() as usize;
+        let mut sorted = ranges.clone();
+        // Checked on every thread's list, so that the published one is checked whichever it is.
+        sorted.sort_by_key(|r| r.start);
+        for (i, r) in sorted.iter().enumerate() {
+            assert!(
+                r.start <= r.end && r.end <= nrows,
+                "claim_row_ranges: rows {r:?} are not inside the {nrows} of the destination"
+            );
+            if let Some(prev) = i.checked_sub(1).map(|j| &sorted[j]) {
+                assert!(prev.end <= r.start, "claim_row_ranges: rows {prev:?} and {r:?} overlap");
+            }
+        }
+        // SAFETY: `claims` points into the op's CustomState, which lives as long as the op's context and so
+        // outlives this invocation (and `self`).
+        let claims = unsafe { &*self.claims };
+        let plan = {
+            let mut published = claims.plan.lock().unwrap_or_else(|p| p.into_inner());
+            published.get_or_insert_with(|| ranges.into()).clone()
+        };
+        let rows = self.dst_rows_in(0..0);
+        ClaimedRanges {
+            data: rows.data,
+            ne0: rows.ne0,
+            plan,
+            next: &claims.next,
+            _op: std::marker::PhantomData,
+        }
+    }
+
     /// Every row of the destination: only for ops built with [`Context::custom_4d_single`] (one thread).
     pub fn dst_rows_all(&self) -> DstRows<'_> {
         assert!(
@@ -301,6 +380,7 @@ unsafe extern "C" fn trampoline(dst: *mut sys::ggml_tensor, ith: c_int, nth: c_i
         nth: if state.single { 1 } else { nth.max(1) as usize },
         dst,
         dst_taken: Cell::new(false),
+        claims: &state.claims,
     };
     // Unwinding into C is undefined behaviour: catch everything here and report it after compute.
     if let Err(e) = catch_unwind(AssertUnwindSafe(|| (state.f)(&op))) {
@@ -330,10 +410,13 @@ fn state_of(t: *mut sys::ggml_tensor) -> Option<&'static CustomState> {
     }
 }
 
-pub(crate) fn reset_panics(g: &Graph<'_>) {
+/// Before a compute: no panic recorded and nothing claimed, on every custom op of the graph.
+pub(crate) fn reset_states(g: &Graph<'_>) {
     for &t in g.raw_tensors() {
         if let Some(s) = state_of(t) {
             *s.panic.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            *s.claims.plan.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            s.claims.next.store(0, Ordering::Relaxed);
         }
     }
 }
@@ -400,6 +483,7 @@ impl Context {
             f: Box::new(f),
             panic: Mutex::new(None),
             single: n_tasks == 1,
+            claims: Claims::default(),
         });
         let userdata = &*state as *const CustomState as *mut c_void;
         self.keep_alive.borrow_mut().push(state);

@@ -172,7 +172,7 @@ impl<'ctx> Graph<'ctx> {
             return Err(GgmlError::Threads { n_threads: n });
         }
         self.check_allocated()?;
-        custom::reset_panics(self);
+        custom::reset_states(self);
         // SAFETY: valid graph; a null threadpool makes ggml use a disposable one.
         let mut plan = unsafe { sys::ggml_graph_plan(self.as_ptr(), n, std::ptr::null_mut()) };
         let mut work = vec![Line([0; 64]); plan.work_size.div_ceil(64)];
@@ -190,7 +190,7 @@ impl<'ctx> Graph<'ctx> {
     /// Computes the graph on a CPU backend, with the backend's thread count.
     pub fn compute_with_backend(&self, backend: &CpuBackend) -> Result<(), GgmlError> {
         self.check_allocated()?;
-        custom::reset_panics(self);
+        custom::reset_states(self);
         backend.use_thread_pool();
         // SAFETY: as in `compute`; the backend is alive for the call.
         let status = unsafe { sys::ggml_backend_graph_compute(backend.as_ptr(), self.as_ptr()) };

@@ -87,7 +87,7 @@ mod tensor;
 
 pub use backend::{from_float, vec_dot, vec_dot_type, CpuBackend};
 pub use context::{Context, ContextParams};
-pub use custom::{CustomOpCtx, DstChunks, DstRows};
+pub use custom::{ClaimedRanges, CustomOpCtx, DstChunks, DstRows};
 pub use graph::Graph;
 pub use ops::{Prec, SortOrder};
 pub use ops_attn::{RopeMode, RopeParams};
