@@ -8,10 +8,12 @@
 //! gives it (`q4x8_gemm::tests::gemm_equals_ggml_gemv_per_token`), so the result equals the per-token path bit
 //! for bit, and a run of one row simply takes the GEMV.
 //!
-//! Destination rows are in sorted order, so each thread takes a contiguous share (ggml's split) and an expert's
-//! rows are mostly one thread's; no row's result depends on the split. [`sorted_sum_op`] weights and sums each
-//! token's k rows in slot order.
+//! Destination rows are in sorted order, so each expert's rows are one range; threads claim whole ranges, the
+//! longest first (`CustomOpCtx::claim_row_ranges`), so that every expert's weights are read by one thread only
+//! and the threads finish together. No row's result depends on the split. [`sorted_sum_op`] weights and sums
+//! each token's k rows in slot order.
 
+use std::cmp::Reverse;
 use std::sync::atomic::Ordering;
 
 use super::expert_cache::ExpertCache;
@@ -63,19 +65,18 @@ pub(super) fn batched_expert_op(
     let (n_embd, n_ff, k) = (l.n_embd, l.p.n_ff_exp as usize, l.p.n_expert_used as usize);
     let n_out = op.src_ne(0)[1] as usize;
     let out_ids = (op.n_srcs() > 4).then(|| op.src_i32(4));
-    let mut rows: Vec<(usize, &mut [f32])> = op.dst_rows().collect();
-    let Some(&(r0, _)) = rows.first() else {
-        return;
-    };
-    let r1 = r0 + rows.len();
     let ids = l.ids.read().unwrap_or_else(|p| p.into_inner());
     let order = expert_order(&ids, out_ids, n_out, k, l.p.n_expert as usize);
     let expert_of = |i: usize| {
         let (t, s) = (order[i] as usize / k, order[i] as usize % k);
         ids[out_ids.map_or(t, |o| o[t] as usize) * k + s] as u32
     };
-    // This thread's expert runs: (waiting, expert, run start, run end), resident experts first.
-    let mut runs: Vec<(bool, u32, usize, usize)> = Vec::new();
+    // The expert runs (rows a..b of one expert), in the order threads claim them: resident experts first (a
+    // cache's missing ones last, so that their reads can finish meanwhile), then the longest runs first, so
+    // that the one- and two-row runs (a weight read each, for little work) even out the threads at the end.
+    let mut runs: Vec<(bool, Reverse<usize>, usize)> = Vec::new();
+    // (first row, expert) of each run, by first row.
+    let mut run_expert: Vec<(usize, u32)> = Vec::new();
     let mut a = 0;
     while a < order.len() {
         let e = expert_of(a);
@@ -83,20 +84,24 @@ pub(super) fn batched_expert_op(
         while b < order.len() && expert_of(b) == e {
             b += 1;
         }
-        if b > r0 && a < r1 {
-            let waiting = cache.is_some_and(|c| !c.is_ready(l.il, e));
-            runs.push((waiting, e, a, b));
-        }
+        let waiting = cache.is_some_and(|c| !c.is_ready(l.il, e));
+        runs.push((waiting, Reverse(b - a), a));
+        run_expert.push((a, e));
         a = b;
     }
     drop(ids);
     runs.sort_unstable();
+    let ranges = runs.iter().map(|&(_, Reverse(m), a)| a..a + m).collect();
 
     let mut s = BatchScratch::new(x8, n_embd, n_ff, l.gate_q.len());
     let (mut active, mut total) = (0u64, 0u64);
     let token = |i: usize| order[i] as usize / k;
-    for (_, e, a, b) in runs {
-        let e = e as usize;
+    for (rows, y) in op.claim_row_ranges(ranges) {
+        // The ranges may be another thread's order of the same runs: the expert comes from the rows.
+        let e = match run_expert.binary_search_by_key(&rows.start, |r| r.0) {
+            Ok(i) => run_expert[i].1 as usize,
+            Err(_) => unreachable!("every claimed range is one of the runs"),
+        };
         let guard;
         let [gate, up, down]: [&[u8]; 3] = match cache {
             Some(c) => match c.get(l.il, e as u32, op.ith() == 0) {
@@ -106,11 +111,7 @@ pub(super) fn batched_expert_op(
                 }
                 // The read failed: the session reports the error and discards this evaluation.
                 None => {
-                    for (r, y) in rows.iter_mut() {
-                        if (a..b).contains(r) {
-                            y.fill(0.0);
-                        }
-                    }
+                    y.fill(0.0);
                     continue;
                 }
             },
@@ -123,25 +124,21 @@ pub(super) fn batched_expert_op(
                 ]
             }
         };
-        let (lo, hi) = (a.max(r0), b.min(r1));
-        if hi - lo > 1 {
-            let xs = (lo..hi).map(|i| op.src_row(0, token(i)));
+        if rows.len() > 1 {
+            let xs = rows.clone().map(|i| op.src_row(0, token(i)));
             active += s.gemm_rows(x8, [gate, up, down], xs);
-            total += ((hi - lo) * n_ff) as u64;
-            for i in lo..hi {
-                let j = i - lo;
-                rows[i - r0].1.copy_from_slice(&s.y[j * n_embd..(j + 1) * n_embd]);
-            }
+            total += (rows.len() * n_ff) as u64;
+            y.copy_from_slice(&s.y[..rows.len() * n_embd]);
         } else {
             // One row: the GEMV, which gives what the GEMM gives it.
-            l.gate_q.run(op.src_row(0, token(lo)), s.xq.as_mut_slice());
+            l.gate_q.run(op.src_row(0, token(rows.start)), s.xq.as_mut_slice());
             let scratch = Scratch {
                 g: &mut s.g[..n_ff],
                 h: &mut s.h[..n_ff],
                 hq: &mut s.hq,
             };
             let xq = s.xq.as_slice();
-            active += interleaved_expert(x8, [gate, up, down], [xq, xq], h_q, scratch, rows[lo - r0].1);
+            active += interleaved_expert(x8, [gate, up, down], [xq, xq], h_q, scratch, y);
             total += n_ff as u64;
         }
     }
