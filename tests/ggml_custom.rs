@@ -187,6 +187,41 @@ fn claimed_row_ranges_are_each_computed_once_per_compute() {
     }
 }
 
+/// Two threads that cut the destination differently could write the same values at once: the second to take
+/// its share fails the op instead, whichever way it differs.
+#[test]
+fn threads_that_split_the_destination_differently_fail_the_op() {
+    type Take = fn(&smallthinker::ggml::CustomOpCtx);
+    let chunks4: Take = |op| op.dst_chunks(4).for_each(|(_, _, o)| o.fill(1.0));
+    let chunks8: Take = |op| op.dst_chunks(8).for_each(|(_, _, o)| o.fill(1.0));
+    let rows: Take = |op| op.dst_rows().for_each(|(_, o)| o.fill(1.0));
+    let ranges: Take = |op| op.claim_row_ranges(vec![0..1, 1..4]).for_each(|(_, o)| o.fill(1.0));
+    for (what, first, other) in [
+        ("chunks of 4 and 8", chunks4, chunks8),
+        ("rows and chunks", rows, chunks4),
+        ("chunks and claimed ranges", chunks4, ranges),
+    ] {
+        let ctx = ctx();
+        let mut rng = Rng::new(37);
+        let (a, _) = rand_f32(&ctx, &[16, 4], &mut rng);
+        let t = ctx.custom_4d("split", [16, 4, 1, 1], &[a], move |op| {
+            if op.ith() == 0 {
+                first(op)
+            } else {
+                other(op)
+            }
+        });
+        let mut g = ctx.new_graph(16);
+        g.build_forward_expand(t);
+        match g.compute(2) {
+            Err(GgmlError::CustomOpPanicked { message, .. }) => {
+                assert!(message.contains("another thread otherwise"), "{what}: {message}")
+            }
+            other => panic!("{what}: expected CustomOpPanicked, got {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn a_panicking_closure_gives_an_err_from_compute_not_an_abort() {
     let ctx = ctx();

@@ -2,14 +2,17 @@
 //!
 //! ggml calls the trampoline once per thread with `(ith, nth)`; the closure sees a [`CustomOpCtx`] with typed,
 //! read-only access to its sources and mutable access to *its own* share of the destination rows (rows split as
-//! in ggml's test-customop.c: chunk = ceil(nrows / nth), start = chunk * ith). A panic is caught on the worker
-//! thread, recorded, and turned into [`GgmlError::CustomOpPanicked`] by `Graph::compute`.
+//! in ggml's test-customop.c: chunk = ceil(nrows / nth), start = chunk * ith), or of column chunks or claimed row
+//! ranges. All threads of a compute must take their shares the same way, or two could write the same values:
+//! the first to take its share publishes the split, and a thread that takes it otherwise panics before writing.
+//! A panic is caught on the worker thread, recorded, and turned into [`GgmlError::CustomOpPanicked`] by
+//! `Graph::compute`.
 
 use std::cell::Cell;
 use std::ffi::{c_int, c_void};
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{sys, Context, GgmlError, Graph, Tensor};
@@ -29,12 +32,39 @@ struct CustomState {
     claims: Claims,
 }
 
-/// The shared side of [`CustomOpCtx::claim_row_ranges`]: the ranges, as the first thread to ask published
-/// them, and how many have been handed out.
+/// What the threads of one compute of an op share about its destination: how they split it ([`Split`], as
+/// the first thread to take its share published it; 0 until then), and for claimed work the ranges, as the
+/// first thread to ask published them, and how many items have been handed out.
 #[derive(Default)]
 struct Claims {
+    split: AtomicU64,
     plan: Mutex<Option<Arc<[Range<usize>]>>>,
     next: AtomicUsize,
+}
+
+/// How a thread takes its share of the destination. Every thread of a compute must take it the same way, or
+/// two threads' shares could overlap: the first one publishes its split and another one panics (the op fails).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Split {
+    Rows,
+    Grouped(usize),
+    All,
+    Chunks(usize),
+    Ranges,
+}
+
+impl Split {
+    /// A non-zero code per split and parameter.
+    fn code(self) -> u64 {
+        let (kind, n) = match self {
+            Split::Rows => (1, 0),
+            Split::Grouped(g) => (2, g),
+            Split::All => (3, 0),
+            Split::Chunks(c) => (4, c),
+            Split::Ranges => (5, 0),
+        };
+        kind << 56 | (n as u64 & ((1 << 56) - 1))
+    }
 }
 
 /// Mirror of `struct ggml_custom_op_params` (vendor/ggml/src/ggml-impl.h), which ggml_custom_4d stores in the
@@ -110,7 +140,8 @@ impl<'a> Iterator for DstChunks<'a> {
         let (row, c) = (i / per_row, i % per_row);
         let cols = c * self.chunk..((c + 1) * self.chunk).min(self.ne0);
         // SAFETY: dst is a contiguous F32 tensor of nrows * ne0 values; each item is a distinct (row, column
-        // range) inside it, `items` is this thread's disjoint share and each item is yielded once.
+        // range) inside it, as every thread cuts the rows with the same `chunk` (the split they agreed on), and
+        // `items` is this thread's disjoint share, each item yielded once.
         let values = unsafe { std::slice::from_raw_parts_mut(self.data.add(row * self.ne0 + cols.start), cols.len()) };
         Some((row, cols, values))
     }
@@ -264,13 +295,13 @@ impl CustomOpCtx {
     /// Mutable access to this thread's destination rows. Callable once per invocation (a second call panics,
     /// since two live iterators would alias the same rows).
     pub fn dst_rows(&self) -> DstRows<'_> {
-        self.dst_rows_in(self.rows())
+        self.dst_rows_in(Split::Rows, self.rows())
     }
 
     /// [`dst_rows`](Self::dst_rows) over [`rows_grouped`](Self::rows_grouped)`(group)`. Callable once per
     /// invocation, and not together with `dst_rows`.
     pub fn dst_rows_grouped(&self, group: usize) -> DstRows<'_> {
-        self.dst_rows_in(self.rows_grouped(group))
+        self.dst_rows_in(Split::Grouped(group), self.rows_grouped(group))
     }
 
     /// Disjoint ranges of destination rows, each computed whole by whichever thread claims it first, in list
@@ -295,14 +326,12 @@ impl CustomOpCtx {
                 assert!(prev.end <= r.start, "claim_row_ranges: rows {prev:?} and {r:?} overlap");
             }
         }
-        // SAFETY: `claims` points into the op's CustomState, which lives as long as the op's context and so
-        // outlives this invocation (and `self`).
-        let claims = unsafe { &*self.claims };
+        let rows = self.dst_rows_in(Split::Ranges, 0..0);
+        let claims = self.claims();
         let plan = {
             let mut published = claims.plan.lock().unwrap_or_else(|p| p.into_inner());
             published.get_or_insert_with(|| ranges.into()).clone()
         };
-        let rows = self.dst_rows_in(0..0);
         ClaimedRanges {
             data: rows.data,
             ne0: rows.ne0,
@@ -319,7 +348,7 @@ impl CustomOpCtx {
             "dst_rows_all needs a single-threaded op, running on {}",
             self.nth
         );
-        self.dst_rows_in(0..self.dst().nrows() as usize)
+        self.dst_rows_in(Split::All, 0..self.dst().nrows() as usize)
     }
 
     /// The (row, column chunk) items this thread computes when every row is cut into chunks of `chunk` columns
@@ -337,8 +366,11 @@ impl CustomOpCtx {
     /// Mutable access to this thread's [`chunk_items`](Self::chunk_items). Callable once per invocation, and not
     /// together with `dst_rows`.
     pub fn dst_chunks(&self, chunk: usize) -> DstChunks<'_> {
-        let items = self.chunk_items(chunk);
-        let rows = self.dst_rows_in(0..0);
+        self.chunks_in(Split::Chunks(chunk), chunk, self.chunk_items(chunk))
+    }
+
+    fn chunks_in(&self, split: Split, chunk: usize, items: Range<usize>) -> DstChunks<'_> {
+        let rows = self.dst_rows_in(split, 0..0);
         DstChunks {
             data: rows.data,
             ne0: rows.ne0,
@@ -348,12 +380,32 @@ impl CustomOpCtx {
         }
     }
 
-    /// `rows` must be this thread's disjoint share (one of the splits above, the same split on every thread).
-    fn dst_rows_in(&self, rows: Range<usize>) -> DstRows<'_> {
+    fn claims(&self) -> &Claims {
+        // SAFETY: `claims` points into the op's CustomState, which lives as long as the op's context and so
+        // outlives this invocation (and `self`).
+        unsafe { &*self.claims }
+    }
+
+    /// `rows` must be this thread's disjoint share under `split`, which every thread of this compute must use:
+    /// the first to get here publishes it, and a thread with another split panics before it can write.
+    fn dst_rows_in(&self, split: Split, rows: Range<usize>) -> DstRows<'_> {
         assert!(
             !self.dst_taken.replace(true),
             "CustomOpCtx::dst_rows called twice in one invocation"
         );
+        let code = split.code();
+        match self
+            .claims()
+            .split
+            .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => {}
+            Err(c) if c == code => {}
+            Err(_) => panic!(
+                "custom op: thread {} of {} takes its destination as {split:?}, another thread otherwise",
+                self.ith, self.nth
+            ),
+        }
         let dst = self.dst();
         assert!(
             (dst.raw().data as *const f32).is_aligned(),
@@ -417,6 +469,7 @@ pub(crate) fn reset_states(g: &Graph<'_>) {
             *s.panic.lock().unwrap_or_else(|p| p.into_inner()) = None;
             *s.claims.plan.lock().unwrap_or_else(|p| p.into_inner()) = None;
             s.claims.next.store(0, Ordering::Relaxed);
+            s.claims.split.store(0, Ordering::Relaxed);
         }
     }
 }
