@@ -28,7 +28,7 @@ struct CustomState {
     panic: Mutex<Option<String>>,
     /// Built with n_tasks = 1: ggml then calls thread 0 only but still passes the graph's thread count as nth.
     single: bool,
-    /// Work handed out by [`CustomOpCtx::claim_row_ranges`] in the current compute (reset before each).
+    /// What its threads share in the current compute (reset before each): the split, and claimed work.
     claims: Claims,
 }
 
@@ -63,7 +63,9 @@ impl Split {
             Split::Chunks(c) => (4, c),
             Split::Ranges => (5, 0),
         };
-        kind << 56 | (n as u64 & ((1 << 56) - 1))
+        // Parameters this large all exceed any destination (a chunk wider than a row, a group of more rows than
+        // memory holds), so they split alike and may share a code.
+        kind << 56 | (n as u64).min((1 << 56) - 1)
     }
 }
 
