@@ -8,7 +8,8 @@ Each round runs tools/ref/llama_speed.py (llama-cpp-python) and then `smallthink
 flags; the workload is the one both document (prompt ids 1000.., decode ids 2000.., depth ids 3000..). It prints
 every run's JSON line to stderr, then a table of the medians over the rounds and the ratios ours / llama.cpp for
 prefill tok/s, decode tok/s and peak RSS (MiB), with each engine's lowest and highest speed over the rounds (a
-wide range means the machine was noisy: read the ratio with it). For speed a ratio above 1 means we are faster;
+wide range means the machine was noisy: read the ratio with it), and the ratio of each round's two runs, which
+ran back to back (so a machine that drifts between rounds moves both: their median is the steadier figure). For speed a ratio above 1 means we are faster;
 for RSS below 1 means we use less. The decode roofline row is each engine's decode tok/s x the weight bytes a
 decode step reads (`weight_mb_per_token` of our bench) over the read bandwidth `smallthinker bench
 --read-bandwidth` measures in the same run. --json prints the summary as one JSON line instead of the table.
@@ -58,6 +59,7 @@ def main():
     med = {e: {k: statistics.median(r[k] for r in rs) for k, _ in FIELDS} for e, rs in runs.items()}
     spread = {e: {k: (min(r[k] for r in rs), max(r[k] for r in rs)) for k, _ in FIELDS} for e, rs in runs.items()}
     ratio = {k: med["smallthinker"][k] / med["llama.cpp"][k] for k, _ in FIELDS}
+    paired = {k: [o[k] / l[k] for l, o in zip(runs["llama.cpp"], runs["smallthinker"])] for k, _ in FIELDS}
     # Roofline: weight bytes a decode step reads (whole expert matrices) x decode tok/s over the read bandwidth
     # measured now, with the same threads; llama.cpp reads the same matrices per token.
     gbps = run_json([a.bin, "bench", "--read-bandwidth", "-t", str(a.threads), "--json"])["read_gbps"]
@@ -66,7 +68,8 @@ def main():
     if a.json:
         print(json.dumps({"model": a.model, "threads": a.threads, "prompt": a.prompt, "gen": a.gen,
                           "depth": a.depth, "rounds": a.rounds, "median": med, "range": spread, "ratio": ratio,
-                          "read_gbps": gbps, "weight_mb_per_token": weight_mb, "roofline": roof}))
+                          "round_ratios": paired, "read_gbps": gbps, "weight_mb_per_token": weight_mb,
+                          "roofline": roof}))
         return
     print(f"{os.path.basename(a.model)}: -t {a.threads}, prompt {a.prompt}, gen {a.gen}, depth {a.depth}, "
           f"medians of {a.rounds} alternating rounds")
@@ -77,6 +80,9 @@ def main():
         for k, label in FIELDS[:2]:
             lo_hi = [f"{spread[e][k][0]:.1f}-{spread[e][k][1]:.1f}" for e in ("llama.cpp", "smallthinker")]
             print(f"{'  min-max':16}{lo_hi[0]:>12}{lo_hi[1]:>12}   ({label})")
+        for k, label in FIELDS[:2]:
+            each = " ".join(f"{r:.3f}" for r in paired[k])
+            print(f"{'  per round':16}{'':12}{'':12}{statistics.median(paired[k]):12.3f}   ({label}: {each})")
     print(f"{'decode roofline':16}{roof['llama.cpp']:12.3f}{roof['smallthinker']:12.3f}"
           f"   ({weight_mb:.0f} MB of weights per token, read bandwidth {gbps:.1f} GB/s)")
 
