@@ -149,6 +149,13 @@ fn names_and_format_name() {
     assert_eq!(t.format_name("result_norm", -1).name(), "result_norm");
     let long = "x".repeat(100);
     assert_eq!(t.set_name(&long).name().len(), 63, "ggml truncates names to 63 bytes");
+    let want = format!("{}-12", "y".repeat(60));
+    assert_eq!(
+        t.format_name(&"y".repeat(60), 12).name(),
+        want[..63],
+        "the layer suffix is cut the same way"
+    );
+    assert_eq!(t.set_name("a\0b-\0c").name(), "ab-c", "NULs are left out");
     assert_eq!(t.nbytes(), 16);
     assert!(t.is_contiguous());
     assert_eq!(t.ty(), GgmlType::F32);

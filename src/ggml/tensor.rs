@@ -1,6 +1,6 @@
 //! `Tensor<'ctx>`: a Copy handle to a `ggml_tensor` whose metadata lives in a [`Context`] borrowed for `'ctx`.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 use std::fmt;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
@@ -153,10 +153,7 @@ impl<'ctx> Tensor<'ctx> {
 
     /// Sets the name, truncated to 63 bytes as ggml does. Returns `self` for chaining.
     pub fn set_name(self, name: &str) -> Self {
-        let c = CString::new(name.replace('\0', "")).expect("NULs were removed");
-        // SAFETY: valid tensor; ggml_set_name copies at most GGML_MAX_NAME-1 bytes and NUL-terminates.
-        unsafe { sys::ggml_set_name(self.as_ptr(), c.as_ptr()) };
-        self
+        self.set_name_fmt(format_args!("{name}"))
     }
 
     /// Names an intermediate `"{name}-{il}"` like llama.cpp's callback (`il < 0` gives just `name`).
@@ -164,8 +161,38 @@ impl<'ctx> Tensor<'ctx> {
         if il < 0 {
             self.set_name(name)
         } else {
-            self.set_name(&format!("{name}-{il}"))
+            self.set_name_fmt(format_args!("{name}-{il}"))
         }
+    }
+
+    /// Sets the name from `args` without allocating (a decode step names a thousand tensors): its bytes, NULs
+    /// left out, cut at ggml's 63, as ggml_set_name cuts them.
+    fn set_name_fmt(self, args: std::fmt::Arguments<'_>) -> Self {
+        struct Name {
+            buf: [u8; sys::GGML_MAX_NAME as usize],
+            len: usize,
+        }
+        impl std::fmt::Write for Name {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                for &b in s.as_bytes().iter().filter(|&&b| b != 0) {
+                    if self.len + 1 < self.buf.len() {
+                        self.buf[self.len] = b;
+                        self.len += 1;
+                    }
+                }
+                Ok(())
+            }
+        }
+        let mut name = Name {
+            buf: [0; sys::GGML_MAX_NAME as usize],
+            len: 0,
+        };
+        // Writing into `Name` cannot fail (it only truncates).
+        let _ = std::fmt::Write::write_fmt(&mut name, args);
+        // SAFETY: valid tensor; `buf` is NUL-terminated (at most GGML_MAX_NAME - 1 bytes written into zeros), and
+        // ggml_set_name copies at most GGML_MAX_NAME - 1 bytes and NUL-terminates.
+        unsafe { sys::ggml_set_name(self.as_ptr(), name.buf.as_ptr().cast()) };
+        self
     }
 
     /// Marks the tensor as a graph input (ggml_set_input): a graph allocator gives it its own memory first.
