@@ -246,3 +246,22 @@ fn moe_down_copies_are_refused_where_they_would_be_ignored() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(format!("{e}{text}").contains("down transposed to Q4_0"), "{e}{text}");
 }
+
+/// A budget without a unit is bytes; one below 1 MiB is a forgotten unit and is refused before the model loads,
+/// naming the value and the likely meaning, instead of failing later as "0 MiB is too small".
+#[test]
+fn a_budget_below_one_mib_is_refused_with_a_unit_hint() {
+    let e = bench_err(&["--mem-budget", "1200"]);
+    assert!(
+        e.contains("\"1200\" is 1200 bytes, below 1 MiB (for MiB write 1200M)"),
+        "{e}"
+    );
+    let e = bench_err(&["--mem-budget", "512K"]);
+    assert!(e.contains("\"512K\" is 524288 bytes, below 1 MiB"), "{e}");
+    assert!(!e.contains("write"), "{e}");
+    let e = bench_err(&["--mem-budget", "1048576", "--moe-down", "q4_0"]);
+    assert!(
+        e.contains("--moe-down q4_0: with --mem-budget"),
+        "1 MiB in bytes is a size: {e}"
+    );
+}

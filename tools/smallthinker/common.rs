@@ -110,7 +110,8 @@ pub struct SessionArgs {
     pub n_outputs: u32,
 }
 
-/// `1G`, `512M`, `64K`, `1.5G` (binary units) or plain bytes.
+/// A memory budget: `1G`, `512M`, `64K`, `1.5G` (binary units) or plain bytes, at least 1 MiB (no budget is that
+/// small, so a bare `1200` is a missing unit, not 1200 bytes).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let (num, unit) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
@@ -132,6 +133,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let bytes = v * mult as f64;
     if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 / 2.0 {
         return Err(format!("{s:?} is not a positive size"));
+    }
+    if bytes < (1u64 << 20) as f64 {
+        let hint = if unit.is_empty() {
+            format!(" (for MiB write {}M)", num.trim())
+        } else {
+            String::new()
+        };
+        return Err(format!("{s:?} is {bytes:.0} bytes, below 1 MiB{hint}"));
     }
     Ok(bytes as u64)
 }
