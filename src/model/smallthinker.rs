@@ -76,8 +76,9 @@ pub fn build<'a>(
         // [n_expert, n_tokens]
         let mut router_logits = linear(ctx, l.ffn_gate_inp, inp_l).format_name("ffn_moe_logits", ilc);
         // Sparse path: gating and top-k here, before attention, publishing the expert ids (graph::sparse_moe).
-        let route = sparse.map(|s| s.route(ctx, gf, router_logits, il)); // [k, n_tokens]
-                                                                         // With an expert cache: later layers' routers on this input start their experts' reads early.
+        // [k, n_tokens]
+        let route = sparse.map(|s| s.route(ctx, gf, router_logits, il));
+        // With an expert cache: later layers' routers on this input start their experts' reads early.
         if let Some(s) = sparse {
             s.lookahead(ctx, gf, inp_l, &routers, il);
         }
