@@ -211,6 +211,19 @@ const CASES: &[Case] = &[
         n_swa: None,
         q_scale: 60.0,
     },
+    // GQA 5 over two tokens (blocks of 5 + 5 rows) and an odd number of cells (a last single key row): the
+    // kernels' other block shapes.
+    Case {
+        name: "GQA 5, odd cells",
+        hd: 32,
+        n_head: 10,
+        n_head_kv: 2,
+        size: 101,
+        n_past: 97,
+        n_tokens: 2,
+        n_swa: None,
+        q_scale: 1.0,
+    },
 ];
 
 #[test]

@@ -97,11 +97,12 @@ pub fn attn_accumulate(acc: &mut [f32], p: &[f32], v: CacheRows, starts: &[usize
     }
 }
 
-/// Asks the CPU to fetch the rows `starts` of `rows` (`hd` values each) into cache, without waiting: the attention
-/// op reads a KV head's slice of each cell row, a short run at a large stride that the hardware prefetchers do
-/// not follow, so the kernels fetch the next tile's rows one per row they compute on (a whole tile's fetches at
-/// once filled the CPU's miss queue and stalled: perf put most of the op's own time on the prefetch
-/// instructions). Offsets outside the data are skipped.
+/// Asks the CPU to fetch the rows `starts` of `rows` (`hd` values each) into its L2 cache, without waiting: the
+/// attention op reads a KV head's slice of each cell row, a short run at a large stride that the hardware
+/// prefetchers do not follow, so the kernels fetch the next tile's rows one per row they compute on (a whole
+/// tile's fetches at once filled the CPU's miss queue and stalled). Into L2, not L1: the next tile's K and V
+/// slices (32 KiB for 64 cells of 128 f16) are as big as L1 and pushed out the rows and queries still in use;
+/// `attn_op_speed 12 2 128 8192 32 2 5` went from 50-56 to 34-39 ms. Offsets outside the data are skipped.
 pub fn prefetch_rows(rows: CacheRows, starts: impl Iterator<Item = usize>, hd: usize) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -111,7 +112,7 @@ pub fn prefetch_rows(rows: CacheRows, starts: impl Iterator<Item = usize>, hd: u
         };
         for st in starts.filter(|&st| st.checked_add(hd).is_some_and(|e| e <= len)) {
             // SAFETY: the row lies inside the slice (checked above).
-            prefetch_lines(unsafe { base.add(st * size) }, hd * size);
+            prefetch_lines::<{ std::arch::x86_64::_MM_HINT_T1 }>(unsafe { base.add(st * size) }, hd * size);
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -122,17 +123,18 @@ pub fn prefetch_rows(rows: CacheRows, starts: impl Iterator<Item = usize>, hd: u
 /// hardware prefetchers pick up too late).
 pub fn prefetch_bytes(bytes: &[u8]) {
     #[cfg(target_arch = "x86_64")]
-    prefetch_lines(bytes.as_ptr(), bytes.len());
+    prefetch_lines::<{ std::arch::x86_64::_MM_HINT_T0 }>(bytes.as_ptr(), bytes.len());
     #[cfg(not(target_arch = "x86_64"))]
     let _ = bytes;
 }
 
-/// A prefetch of every 64-byte line of `len` bytes at `p`; the caller keeps them inside one allocation.
+/// A prefetch (`_MM_HINT_*` `HINT`) of every 64-byte line of `len` bytes at `p`; the caller keeps them inside one
+/// allocation.
 #[cfg(target_arch = "x86_64")]
-fn prefetch_lines(p: *const u8, len: usize) {
+fn prefetch_lines<const HINT: i32>(p: *const u8, len: usize) {
     for line in (0..len).step_by(64) {
         // SAFETY: a prefetch never faults, and wrapping_add makes no claim that the address is in bounds.
-        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.wrapping_add(line).cast()) };
+        unsafe { std::arch::x86_64::_mm_prefetch::<HINT>(p.wrapping_add(line).cast()) };
     }
 }
 
@@ -317,8 +319,9 @@ pub(super) mod x86 {
         _mm256_add_ps(lo, hi)
     }
 
-    /// R query rows scored against C key rows at once (R * C <= 8 independent accumulators, so the FMAs do not
-    /// wait on each other's latency; each key chunk is converted once for the R rows). Result lane r * C + c.
+    /// R query rows scored against C key rows at once (R * C <= 12 independent accumulators, so the FMAs do not
+    /// wait on each other's latency; each key chunk is converted once for the R rows), written to
+    /// `out[r * n + c]`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn score_block<const R: usize, const C: usize>(
@@ -326,9 +329,10 @@ pub(super) mod x86 {
         hd: usize,
         k: CacheRows,
         st: &[usize],
-    ) -> [f32; 8] {
+        (out, n): (*mut f32, usize),
+    ) {
         unsafe {
-            let mut acc = [_mm256_setzero_ps(); 8];
+            let mut acc = [_mm256_setzero_ps(); 16];
             for i in (0..hd).step_by(8) {
                 let mut kv = [_mm256_setzero_ps(); C];
                 for (c, kc) in kv.iter_mut().enumerate() {
@@ -341,9 +345,16 @@ pub(super) mod x86 {
                     }
                 }
             }
-            let mut out = [0f32; 8];
-            _mm256_storeu_ps(out.as_mut_ptr(), hsum8(acc));
-            out
+            let mut sums = [0f32; 16];
+            _mm256_storeu_ps(sums.as_mut_ptr(), hsum8(acc[..8].try_into().expect("8")));
+            if R * C > 8 {
+                _mm256_storeu_ps(sums.as_mut_ptr().add(8), hsum8(acc[8..].try_into().expect("8")));
+            }
+            for r in 0..R {
+                for c in 0..C {
+                    *out.add(r * n + c) = sums[r * C + c];
+                }
+            }
         }
     }
 
@@ -360,24 +371,24 @@ pub(super) mod x86 {
             let st = &starts[c..c + nc];
             let mut j = 0;
             while j < g {
-                let r = (g - j).min(4);
-                // SAFETY: rows j..j + r of q exist; the key rows are inside k (both checked by the caller).
-                let qj = unsafe { q.as_ptr().add(j * hd) };
-                let got = unsafe {
+                let r = row_block(g - j);
+                // SAFETY: rows j..j + r of q and of out exist, column c + nc <= n; the key rows are inside k (both
+                // checked by the caller).
+                unsafe {
+                    let (qj, o) = (q.as_ptr().add(j * hd), (out.as_mut_ptr().add(j * n + c), n));
                     match (r, nc) {
-                        (1, 1) => score_block::<1, 1>(qj, hd, k, st),
-                        (2, 1) => score_block::<2, 1>(qj, hd, k, st),
-                        (3, 1) => score_block::<3, 1>(qj, hd, k, st),
-                        (_, 1) => score_block::<4, 1>(qj, hd, k, st),
-                        (1, _) => score_block::<1, 2>(qj, hd, k, st),
-                        (2, _) => score_block::<2, 2>(qj, hd, k, st),
-                        (3, _) => score_block::<3, 2>(qj, hd, k, st),
-                        _ => score_block::<4, 2>(qj, hd, k, st),
-                    }
-                };
-                for rr in 0..r {
-                    for cc in 0..nc {
-                        out[(j + rr) * n + c + cc] = got[rr * nc + cc];
+                        (1, 1) => score_block::<1, 1>(qj, hd, k, st, o),
+                        (2, 1) => score_block::<2, 1>(qj, hd, k, st, o),
+                        (3, 1) => score_block::<3, 1>(qj, hd, k, st, o),
+                        (4, 1) => score_block::<4, 1>(qj, hd, k, st, o),
+                        (5, 1) => score_block::<5, 1>(qj, hd, k, st, o),
+                        (_, 1) => score_block::<6, 1>(qj, hd, k, st, o),
+                        (1, _) => score_block::<1, 2>(qj, hd, k, st, o),
+                        (2, _) => score_block::<2, 2>(qj, hd, k, st, o),
+                        (3, _) => score_block::<3, 2>(qj, hd, k, st, o),
+                        (4, _) => score_block::<4, 2>(qj, hd, k, st, o),
+                        (5, _) => score_block::<5, 2>(qj, hd, k, st, o),
+                        _ => score_block::<6, 2>(qj, hd, k, st, o),
                     }
                 }
                 j += r;
@@ -386,7 +397,7 @@ pub(super) mod x86 {
         }
     }
 
-    /// Sixteen output values of R rows, accumulated in registers over every value row.
+    /// Sixteen output values (`d..d + 16`) of R rows, accumulated in registers over every value row.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn accumulate_rows<const R: usize>(
@@ -420,12 +431,25 @@ pub(super) mod x86 {
         }
     }
 
+    /// Query rows the score and accumulate kernels take at once out of `left`: at most 6 (12 accumulators, plus
+    /// two cache vectors and a query or weight: 15 of the 16 registers), and as even a split as that allows.
+    /// Each accumulator takes one FMA per pass, so a block of few rows waits on the FMA latency, and each block
+    /// reads the cache rows again. Against blocks of at most 4 (a 4B decode block of 6 rows ran as 4 + 2), the
+    /// kernels on a hot 64-cell tile went from about 7 to 12 (scores) and 9 to 14 (accumulate) MACs per cycle.
+    fn row_block(left: usize) -> usize {
+        match left {
+            0..=6 => left,
+            7..=11 => left.div_ceil(2),
+            _ => 6,
+        }
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn accumulate(acc: &mut [f32], p: &[f32], v: CacheRows, starts: &[usize], ahead: &[usize], hd: usize) {
         let (g, n) = (acc.len() / hd, starts.len());
         let mut j = 0;
         while j < g {
-            let r = (g - j).min(4);
+            let r = row_block(g - j);
             // SAFETY: rows j..j + r of acc and p exist, every value row is inside v (checked by the caller), and
             // d + 16 <= hd.
             let (aj, pj) = unsafe { (acc.as_mut_ptr().add(j * hd), p.as_ptr().add(j * n)) };
@@ -437,7 +461,9 @@ pub(super) mod x86 {
                         1 => accumulate_rows::<1>(aj, pj, v, rows, hd, d),
                         2 => accumulate_rows::<2>(aj, pj, v, rows, hd, d),
                         3 => accumulate_rows::<3>(aj, pj, v, rows, hd, d),
-                        _ => accumulate_rows::<4>(aj, pj, v, rows, hd, d),
+                        4 => accumulate_rows::<4>(aj, pj, v, rows, hd, d),
+                        5 => accumulate_rows::<5>(aj, pj, v, rows, hd, d),
+                        _ => accumulate_rows::<6>(aj, pj, v, rows, hd, d),
                     }
                 }
             }
