@@ -102,8 +102,9 @@ impl Cells {
         }
     }
 
-    /// Places positions `n_past..n_past + n_tokens`; returns their cells and the positions of the used cells.
-    fn place(&mut self, n_past: u32, n_tokens: u32) -> BatchCells {
+    /// Places positions `n_past..n_past + n_tokens`; returns their cells and the positions of the used cells,
+    /// and of the empty cells after them up to a multiple of `pad` cells (or the whole cache).
+    fn place(&mut self, n_past: u32, n_tokens: u32, pad: usize) -> BatchCells {
         let size = self.pos.len() as i64;
         let positions = (i64::from(n_past)..i64::from(n_past + n_tokens)).collect::<Vec<_>>();
         let idxs: Vec<i64> = positions.iter().map(|p| p % size).collect();
@@ -111,11 +112,13 @@ impl Cells {
             self.pos[c as usize] = p;
         }
         self.used = self.used.max(idxs.iter().map(|&c| c as usize + 1).max().unwrap_or(0));
+        // Cells at and after `used` are empty (-1).
+        let n_kv = self.used.next_multiple_of(pad.max(1)).min(self.pos.len());
         BatchCells {
             idxs,
-            n_kv: self.used as i64,
+            n_kv: n_kv as i64,
             // Positions stay below n_ctx (a u32 the session bounds by what fits i32 tensors).
-            cell_pos: self.pos[..self.used].iter().map(|&p| p as i32).collect(),
+            cell_pos: self.pos[..n_kv].iter().map(|&p| p as i32).collect(),
             q_pos: positions,
             n_swa: self.n_swa.map(|w| w as u32),
         }
@@ -255,10 +258,16 @@ impl<'k> KvCache<'k> {
     /// Records that positions `n_past..n_past + n_tokens` are being written; `n_tokens <= n_batch` and
     /// `n_past + n_tokens <= n_ctx` (the session checks both).
     pub fn place(&mut self, n_past: u32, n_tokens: u32) -> BatchPlan {
+        self.place_padded(n_past, n_tokens, 1)
+    }
+
+    /// [`place`](Self::place), reading the cells up to a multiple of `pad` (empty ones included), so that
+    /// consecutive steps read the same number of cells and can share a graph.
+    pub fn place_padded(&mut self, n_past: u32, n_tokens: u32, pad: usize) -> BatchPlan {
         debug_assert!(n_tokens <= self.params.n_batch && n_past + n_tokens <= self.params.n_ctx);
         BatchPlan {
-            full: self.full.place(n_past, n_tokens),
-            swa: self.swa.as_mut().map(|c| c.place(n_past, n_tokens)),
+            full: self.full.place(n_past, n_tokens, pad),
+            swa: self.swa.as_mut().map(|c| c.place(n_past, n_tokens, pad)),
         }
     }
 
@@ -293,10 +302,10 @@ mod tests {
     fn ring_mask_after_wrap_around() {
         // window 4, batches of up to 2: 6 cells
         let mut c = Cells::new(6, Some(4));
-        c.place(0, 2);
-        c.place(2, 2);
-        c.place(4, 2);
-        let b = c.place(6, 2); // positions 6, 7 go to cells 0, 1 (they held 0, 1)
+        c.place(0, 2, 1);
+        c.place(2, 2, 1);
+        c.place(4, 2, 1);
+        let b = c.place(6, 2, 1); // positions 6, 7 go to cells 0, 1 (they held 0, 1)
         assert_eq!(b.idxs, [0, 1]);
         assert_eq!(b.n_kv, 6);
         assert_eq!(b.cell_pos, [6, 7, 2, 3, 4, 5]);
@@ -310,13 +319,31 @@ mod tests {
     #[test]
     fn full_cells_are_causal() {
         let mut c = Cells::new(8, None);
-        let b = c.place(0, 3);
+        let b = c.place(0, 3, 1);
         assert_eq!(b.n_kv, 3);
         let vis: Vec<bool> = b.mask().iter().map(|v| *v == 0.0).collect();
         assert_eq!(vis, [true, false, false, true, true, false, true, true, true]);
-        let b = c.place(3, 1);
+        let b = c.place(3, 1, 1);
         assert_eq!((b.idxs.as_slice(), b.n_kv), ([3i64].as_slice(), 4));
         assert!(b.mask().iter().all(|v| *v == 0.0));
+    }
+
+    #[test]
+    fn padded_placement_reads_empty_cells_up_to_the_multiple_and_the_cache_size() {
+        let mut c = Cells::new(10, None);
+        let b = c.place(0, 3, 4);
+        assert_eq!((b.n_kv, b.cell_pos.as_slice()), (4, [0, 1, 2, -1].as_slice()));
+        assert_eq!(b.idxs, [0, 1, 2]);
+        assert_eq!(c.place(3, 1, 4).cell_pos, [0, 1, 2, 3]); // exactly a multiple: no padding
+        assert_eq!(c.place(4, 1, 4).n_kv, 8);
+        c.place(5, 4, 4);
+        // 9 used cells round to 12, beyond the cache: the cache's 10.
+        let b = c.place(9, 1, 4);
+        assert_eq!((b.n_kv, b.cell_pos.len()), (10, 10));
+        // The padded cells are invisible to every query, as empty cells are.
+        let mut r = Cells::new(6, Some(4));
+        let b = r.place(0, 1, 4);
+        assert_eq!(b.mask(), [0.0, f32::NEG_INFINITY, f32::NEG_INFINITY, f32::NEG_INFINITY]);
     }
 
     #[test]
@@ -324,7 +351,7 @@ mod tests {
         // window 4, batches of up to 2: 6 cells; positions 0..8 written, cells hold [6, 7, 2, 3, 4, 5]
         let mut c = Cells::new(6, Some(4));
         for n in [0, 2, 4, 6] {
-            c.place(n, 2);
+            c.place(n, 2, 1);
         }
         // A query at 6 sees 3..=6: 3, 4, 5 are held (6 is rewritten), so the ring can go on from 6.
         assert!(c.can_keep(6));
@@ -333,18 +360,18 @@ mod tests {
         assert!(!c.can_keep(4));
         c.keep(5);
         assert_eq!(c.pos, [-1, -1, 2, 3, 4, -1]);
-        let b = c.place(5, 1);
+        let b = c.place(5, 1, 1);
         assert_eq!(b.idxs, [5]);
         assert_eq!(b.cell_pos, [-1, -1, 2, 3, 4, 5]);
         let vis: Vec<bool> = b.mask().iter().map(|v| *v == 0.0).collect();
         assert_eq!(vis, [false, false, true, true, true, true]); // query 5 sees 2..=5
 
         let mut f = Cells::new(8, None);
-        f.place(0, 5);
+        f.place(0, 5, 1);
         assert!(f.can_keep(3) && f.can_keep(0));
         f.keep(3);
         assert_eq!((f.used, &f.pos[..5]), (3, [0, 1, 2, -1, -1].as_slice()));
-        assert_eq!(f.place(3, 1).cell_pos, [0, 1, 2, 3]);
+        assert_eq!(f.place(3, 1, 1).cell_pos, [0, 1, 2, 3]);
     }
 
     fn hp(n_layer: u32, n_embd_head: u32, n_head_kv: u32) -> Hparams {
