@@ -80,6 +80,7 @@ mod graph;
 mod ops;
 mod ops_attn;
 mod ops_shape;
+mod owned;
 mod recycle;
 mod repack;
 pub mod rows;
@@ -91,6 +92,7 @@ pub use custom::{ClaimedRanges, CustomOpCtx, DstChunks, DstRows};
 pub use graph::Graph;
 pub use ops::{Prec, SortOrder};
 pub use ops_attn::{RopeMode, RopeParams};
+pub use owned::{Built, Env, OwnedGraph};
 pub use repack::repackable;
 pub use tensor::Tensor;
 

@@ -9,8 +9,8 @@
 //! rows of a decode batch are independent tokens, for which the sparse op still skips the up/down rows of
 //! inactive neurons per token and groups the tokens by expert, so a chunk's gate/up rows are read once per step.
 
-use super::session::{graph_context, seq_attn_inputs, set_seq_inputs};
 use super::smallthinker::{build, graph_size, GraphInputs, SeqInputs};
+use super::step_graph::{graph_context, seq_attn_inputs, set_seq_inputs};
 use super::{EvalError, Rows, Session};
 use crate::ggml::Tensor;
 use crate::gguf::GgmlType;

@@ -12,6 +12,7 @@ pub mod profile;
 mod repack;
 pub mod session;
 pub mod smallthinker;
+mod step_graph;
 pub mod tensors;
 pub mod weights;
 

@@ -1,6 +1,7 @@
 //! One sequence being evaluated: the prompt in batches of `n_batch` tokens per graph, then decode one token at
 //! a time, through the KV cache. Each batch builds its graph in a fresh `no_alloc` compute context whose
-//! intermediates a graph allocator places; inputs are checked before any graph is built.
+//! intermediates a graph allocator places, except that a decode step reuses the previous step's graph when it
+//! has the same shape (`step_graph.rs`); inputs are checked before any graph is built.
 //!
 //! The caller owns the contexts, so that the weights borrow the map and the cache borrows its context:
 //!
@@ -21,13 +22,11 @@
 
 use std::sync::Arc;
 
-use super::smallthinker::{build, graph_size, GraphInputs, SeqInputs};
-use super::{BatchCells, BatchPlan, KvCache, Model};
-use crate::ggml::{Context, ContextParams, CpuBackend, GgmlError, Tensor};
+use super::step_graph::{StepGraph, StepKey, KV_PAD};
+use super::{KvCache, Model};
+use crate::ggml::{CpuBackend, GgmlError};
 use crate::gguf::GgmlType;
-use crate::graph::{
-    AttnInputs, AttnKernel, CacheStats, DownType, ExpertReadError, KvRead, MoeStats, RouteHook, SparseMoe, SparseParams,
-};
+use crate::graph::{AttnKernel, CacheStats, DownType, ExpertReadError, MoeStats, RouteHook, SparseMoe, SparseParams};
 
 /// Which logits an evaluation returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -216,6 +215,9 @@ pub struct Session<'a> {
     pub(super) n_past: u32,
     pub(super) moe: MoeSetup,
     pub(super) attn: AttnKernel,
+    /// The last decode step's graph, for the next step if it has the same shape.
+    step: Option<StepGraph<'a>>,
+    graphs_built: u64,
 }
 
 impl<'a> Session<'a> {
@@ -241,6 +243,8 @@ impl<'a> Session<'a> {
             n_past: 0,
             moe,
             attn: AttnKernel::default(),
+            step: None,
+            graphs_built: 0,
         })
     }
 
@@ -285,6 +289,11 @@ impl<'a> Session<'a> {
 
     pub fn kv(&self) -> &KvCache<'a> {
         &self.kv
+    }
+
+    /// Graphs this session has built: one per batch, except decode steps that reused the previous step's.
+    pub fn graphs_built(&self) -> u64 {
+        self.graphs_built
     }
 
     /// Chooses the attention implementation of later evaluations (the default is [`AttnKernel::Cells`]).
@@ -375,54 +384,38 @@ impl<'a> Session<'a> {
         trace: &[&str],
         traced: &mut dyn FnMut(Traced),
     ) -> Result<Vec<f32>, EvalError> {
-        let hp = &self.model.hp;
         let n_tokens = tokens.len() as u32;
-        let plan = self.kv.place(self.n_past, n_tokens);
-        let n_nodes = graph_size(hp, 1);
-        let ctx = graph_context(n_nodes)?;
-        let input =
-            |name: &str, ty: GgmlType, ne: &[i64]| -> Tensor<'_> { ctx.new_tensor(ty, ne).set_name(name).set_input() };
-        let n = i64::from(n_tokens);
-        let pos = input("inp_pos", GgmlType::I32, &[n]);
-        let (full, swa) = seq_attn_inputs(&ctx, self.attn, pos, &plan, "");
-        let inputs = GraphInputs {
-            tokens: input("inp_tokens", GgmlType::I32, &[n]),
-            out_ids: input("inp_out_ids", GgmlType::I32, &[out_rows.len() as i64]),
-            pos,
-            seqs: vec![SeqInputs {
-                first: 0,
-                n_tokens: n,
-                kv: &self.kv,
-                full,
-                swa,
-            }],
-        };
-        let mut gf = ctx.new_graph(n_nodes);
+        // Decode steps keep their graph for the next step (step_graph.rs): the cell-position attention reads
+        // the padding's empty cells at no cost, so it gives the same floats. The mask kernels (the reference
+        // paths) and traced evaluations build every graph afresh, unpadded.
+        let keep = n_tokens == 1 && trace.is_empty() && self.attn == AttnKernel::Cells;
+        let plan = self
+            .kv
+            .place_padded(self.n_past, n_tokens, if keep { KV_PAD } else { 1 });
         let sparse = self
             .moe
             .sparse()
             .map(|s| &**s)
             .filter(|_| n_tokens <= self.moe.sparse_max_batch);
-        let logits = build(&ctx, &mut gf, self.model, &inputs, sparse).set_output();
-        gf.build_forward_expand(logits);
-        let keep: Vec<Tensor<'_>> = trace
-            .iter()
-            .filter_map(|n| gf.get_tensor(n))
-            .map(|t| t.set_output())
-            .collect();
-        ctx.allocate_graph(&gf)?;
-
-        let tok: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        inputs.tokens.set_i32(&tok)?;
-        inputs.out_ids.set_i32(out_rows)?;
-        let positions: Vec<i32> = (self.n_past..self.n_past + n_tokens).map(|p| p as i32).collect();
-        pos.set_i32(&positions)?;
-        set_seq_inputs(&inputs.seqs[0], &plan)?;
-        gf.compute_with_backend(&self.backend)?;
+        let key = StepKey::new(tokens.len(), out_rows.len(), &plan, sparse.is_some(), self.attn);
+        // A prompt batch leaves the kept step graph alone, for the decode steps after it.
+        let kept = if keep {
+            self.step.take().filter(|s| s.key == key)
+        } else {
+            None
+        };
+        let step = match kept {
+            Some(step) => step,
+            None => {
+                self.graphs_built += 1;
+                StepGraph::build(self.model, &self.kv, &plan, sparse, key, trace)?
+            }
+        };
+        step.set_inputs(tokens, out_rows, self.n_past, &plan)?;
+        step.compute(&self.backend)?;
         self.moe.check_reads()?;
         self.n_past += n_tokens;
-        for t in keep {
-            let t = if t.is_contiguous() { t } else { continue };
+        for t in step.traced() {
             let values = match t.ty() {
                 GgmlType::I32 => t.to_i32_vec()?.into_iter().map(|v| v as f32).collect(),
                 _ => t.to_f32_vec()?,
@@ -434,61 +427,10 @@ impl<'a> Session<'a> {
                 values,
             });
         }
-        Ok(logits.to_f32_vec()?)
-    }
-}
-
-/// The attention inputs of one sequence (full layers, SWA layers) for a graph being built in `ctx`: `pos` are
-/// its rows' positions, `tag` tells the input names of several sequences apart.
-/// A `no_alloc` compute context with room for a graph of `n_nodes` nodes and their tensors.
-pub(super) fn graph_context(n_nodes: usize) -> Result<Context, GgmlError> {
-    Context::new(ContextParams {
-        mem_size: 2 * n_nodes * Context::tensor_overhead() + Context::graph_overhead(n_nodes),
-        no_alloc: true,
-    })
-}
-
-pub(super) fn seq_attn_inputs<'c>(
-    ctx: &'c Context,
-    kernel: AttnKernel,
-    pos: Tensor<'c>,
-    plan: &BatchPlan,
-    tag: &str,
-) -> (AttnInputs<'c>, Option<AttnInputs<'c>>) {
-    let n = pos.ne()[0];
-    let input =
-        |name: String, ty: GgmlType, ne: &[i64]| -> Tensor<'c> { ctx.new_tensor(ty, ne).set_name(&name).set_input() };
-    let attn_inputs = |kind: &str, cells: &BatchCells| AttnInputs {
-        pos,
-        kv_idxs: input(format!("kv_idxs_{kind}{tag}"), GgmlType::I64, &[n]),
-        read: match kernel {
-            AttnKernel::SoftMax => KvRead::Mask(input(format!("kq_mask_{kind}{tag}"), GgmlType::F32, &[cells.n_kv, n])),
-            AttnKernel::Flash => {
-                KvRead::FlashMask(input(format!("kq_mask_{kind}{tag}"), GgmlType::F16, &[cells.n_kv, n]))
-            }
-            AttnKernel::Cells => KvRead::Cells {
-                cell_pos: input(format!("cell_pos_{kind}{tag}"), GgmlType::I32, &[cells.n_kv]),
-                n_swa: cells.n_swa,
-            },
-        },
-    };
-    (
-        attn_inputs("full", &plan.full),
-        plan.swa.as_ref().map(|s| attn_inputs("swa", s)),
-    )
-}
-
-/// Fills the cell inputs of one sequence (after the graph is allocated) from the cache's plan for it.
-pub(super) fn set_seq_inputs(seq: &SeqInputs<'_, '_>, plan: &BatchPlan) -> Result<(), GgmlError> {
-    for (inp, cells) in [(Some(seq.full), Some(&plan.full)), (seq.swa, plan.swa.as_ref())] {
-        if let (Some(inp), Some(cells)) = (inp, cells) {
-            inp.kv_idxs.set_i64(&cells.idxs)?;
-            match inp.read {
-                KvRead::Mask(m) => m.set_f32(&cells.mask())?,
-                KvRead::FlashMask(m) => m.set_f32_as_f16(&cells.mask())?,
-                KvRead::Cells { cell_pos, .. } => cell_pos.set_i32(&cells.cell_pos)?,
-            }
+        let logits = step.logits()?;
+        if keep {
+            self.step = Some(step);
         }
+        Ok(logits)
     }
-    Ok(())
 }
