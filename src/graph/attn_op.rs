@@ -229,10 +229,14 @@ fn attend(
         if nv == 0 {
             continue;
         }
-        // The next tile's rows, fetched while this one is computed.
+        // The next tile's rows, fetched while this one is computed (not its empty cells: a decode step's cells
+        // are padded to a multiple of 256).
         sc.ahead.clear();
-        sc.ahead
-            .extend((base + TILE..(base + 2 * TILE).min(cell_pos.len())).map(|c| c * it.row_len + off));
+        sc.ahead.extend(
+            (base + TILE..(base + 2 * TILE).min(cell_pos.len()))
+                .filter(|&c| cell_pos[c] >= 0)
+                .map(|c| c * it.row_len + off),
+        );
         if sc.ahead.len() > nv {
             // Fewer cells to compute on than rows to fetch (a tile at the window's edge): the rest at once.
             prefetch_rows(k, sc.ahead[nv..].iter().copied(), hd);
