@@ -8,9 +8,10 @@
 //! gives it (`q4x8_gemm::tests::gemm_equals_ggml_gemv_per_token`), so the result equals the per-token path bit
 //! for bit, and a run of one row simply takes the GEMV.
 //!
-//! Destination rows are in sorted order, so each expert's rows are one range; threads claim whole ranges, the
-//! longest first (`CustomOpCtx::claim_row_ranges`), so that every expert's weights are read by one thread only
-//! and the threads finish together. No row's result depends on the split. [`sorted_sum_op`] weights and sums
+//! Destination rows are in sorted order, so each expert's rows are one range; threads claim whole ranges
+//! (`CustomOpCtx::claim_row_ranges`), the longest and the shortest alternately, so that every expert's weights
+//! are read by one thread only, a long run's compute overlaps short runs' weight reads, and the threads finish
+//! together. No row's result depends on the split. [`sorted_sum_op`] weights and sums
 //! each token's k rows in slot order.
 
 use std::cmp::Reverse;
@@ -71,9 +72,8 @@ pub(super) fn batched_expert_op(
         let (t, s) = (order[i] as usize / k, order[i] as usize % k);
         ids[out_ids.map_or(t, |o| o[t] as usize) * k + s] as u32
     };
-    // The expert runs (rows a..b of one expert), in the order threads claim them: resident experts first (a
-    // cache's missing ones last, so that their reads can finish meanwhile), then the longest runs first, so
-    // that the one- and two-row runs (a weight read each, for little work) even out the threads at the end.
+    // The expert runs (rows a..b of one expert): resident experts first (a cache's missing ones last, so that
+    // their reads can finish meanwhile), then by length, longest first.
     let mut runs: Vec<(bool, Reverse<usize>, usize)> = Vec::new();
     // (first row, expert) of each run, by first row.
     let mut run_expert: Vec<(usize, u32)> = Vec::new();
@@ -91,7 +91,23 @@ pub(super) fn batched_expert_op(
     }
     drop(ids);
     runs.sort_unstable();
-    let ranges = runs.iter().map(|&(_, Reverse(m), a)| a..a + m).collect();
+    // Claimed longest and shortest alternately (resident and waiting each): one- and two-row runs are a weight
+    // read each for little work, so while one thread computes a long run the other reads short ones, where
+    // longest-first left both threads reading at the end. 21B prompt of 128, two sittings of alternating runs:
+    // 65.1 -> 68.0 and 47.8 -> 50.0 tok/s (medians; faster at every rank); the 4B within noise (297 -> 304).
+    let split = runs.partition_point(|r| !r.0);
+    let mut ranges = Vec::with_capacity(runs.len());
+    for part in [&runs[..split], &runs[split..]] {
+        let (mut i, mut j) = (0, part.len());
+        while i < j {
+            ranges.push(part[i].2..part[i].2 + part[i].1 .0);
+            i += 1;
+            if i < j {
+                j -= 1;
+                ranges.push(part[j].2..part[j].2 + part[j].1 .0);
+            }
+        }
+    }
 
     let mut s = BatchScratch::new(x8, n_embd, n_ff, l.gate_q.len());
     let (mut active, mut total) = (0u64, 0u64);
